@@ -1,0 +1,185 @@
+"""Settings: one file, every knob from the environment, SQLite and an embedded Redis by default."""
+
+from datetime import timedelta
+from pathlib import Path
+import os
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from morpheus_admin import envconf
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env(reader, *args, **kwargs):
+    try:
+        return reader(*args, **kwargs)
+    except envconf.ConfigError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+# "local" (the one-command run on a provider's own machine) or "production" (behind TLS, secrets from env).
+MORPHEUS_ENV = os.environ.get("MORPHEUS_ENV", "local")
+if MORPHEUS_ENV not in ("local", "production"):
+    raise ImproperlyConfigured(f"MORPHEUS_ENV={MORPHEUS_ENV!r}: use 'local' or 'production'")
+PRODUCTION = MORPHEUS_ENV == "production"
+DEBUG = _env(envconf.env_bool, "DJANGO_DEBUG", not PRODUCTION)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when MORPHEUS_ENV=production")
+    SECRET_KEY = "local-only-insecure-key-set-DJANGO_SECRET_KEY-in-production-0123456789"
+
+ALLOWED_HOSTS = _env(envconf.env_list, "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = _env(envconf.env_list, "DJANGO_CSRF_TRUSTED_ORIGINS", [])
+DATA_DIR = Path(os.environ.get("MORPHEUS_DATA_DIR", BASE_DIR / "var"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "template_partials",
+    "nodes",
+    "models_catalog",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "morpheus_admin.urls"
+WSGI_APPLICATION = "morpheus_admin.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "nodes.context_processors.roles",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", _default_db), conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL + IMMEDIATE: the web process reads while the panel worker writes, without "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    if os.environ.get("MORPHEUS_TEST_SQLITE"):
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["MORPHEUS_TEST_SQLITE"]}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# Production hardening: on by default in production, each one can be turned off (e.g. a TLS proxy redirects).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = _env(envconf.env_bool, "DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = _env(envconf.env_bool, "DJANGO_SECURE_COOKIES", PRODUCTION)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = _env(envconf.env_int, "DJANGO_SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env(envconf.env_bool, "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = _env(envconf.env_bool, "DJANGO_SECURE_HSTS_PRELOAD", PRODUCTION)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Celery: JSON only, late acks, one message at a time, explicit limits -------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = 60
+CELERY_TASK_TIME_LIMIT = 90
+CELERY_TASK_DEFAULT_QUEUE = "panel"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+STATUS_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_STATUS_CHECK_INTERVAL", 10.0, minimum=0.2)
+# Operations a rig never picked up (its queue message expired) are failed after this many seconds.
+OPERATION_PICKUP_TIMEOUT = _env(envconf.env_int, "MORPHEUS_OPERATION_PICKUP_TIMEOUT", 120, minimum=1)
+TELEMETRY_RETENTION = timedelta(hours=_env(envconf.env_int, "MORPHEUS_TELEMETRY_RETENTION_HOURS", 24, minimum=1))
+STATUS_CHANGE_RETENTION = timedelta(days=_env(envconf.env_int, "MORPHEUS_STATUS_RETENTION_DAYS", 90, minimum=1))
+# What the enrolment page prints as the broker URL a rig should use (the panel's own may be 127.0.0.1).
+RIG_BROKER_URL = os.environ.get("MORPHEUS_RIG_BROKER_URL", REDIS_URL)
+
+CELERY_BEAT_SCHEDULE = {
+    "check-rig-status": {
+        "task": "panel.check_node_status",
+        "schedule": STATUS_CHECK_INTERVAL,
+        "options": {"expires": max(STATUS_CHECK_INTERVAL, 5)},
+    },
+    "expire-stale-operations": {
+        "task": "panel.expire_operations",
+        "schedule": 30.0,
+        "options": {"expires": 30},
+    },
+    "prune-telemetry": {
+        "task": "panel.prune_history",
+        "schedule": 3600.0,
+        "options": {"expires": 3600},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("MORPHEUS_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,1 @@
+"""Rig-side code: runs on the GPU host, imports nothing from Django."""

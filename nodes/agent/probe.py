@@ -1,0 +1,195 @@
+"""Hardware profile and telemetry of this host through nvidia-ml-py (module `pynvml`) and psutil.
+
+No NVIDIA driver is a normal state: the probe returns zero GPUs and says why.
+"""
+
+import logging
+import os
+import platform
+import shutil
+import time
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+def _load_nvml():
+    try:
+        import pynvml
+    except ImportError:
+        return None, "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return None, f"no NVIDIA driver ({exc})"
+    return pynvml, None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _optional(fn, *args, default=None):
+    """NVML answers NotSupported for many readings on consumer cards; treat that as unknown."""
+    import pynvml
+
+    try:
+        return fn(*args)
+    except pynvml.NVMLError:
+        return default
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _os_name():
+    try:
+        with open("/etc/os-release", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def _disk(data_dir):
+    os.makedirs(data_dir, exist_ok=True)
+    usage = shutil.disk_usage(data_dir)
+    return usage.total, usage.free
+
+
+def probe_hardware(data_dir):
+    """The rig's detected profile, as a JSON-ready dict."""
+    disk_total, disk_free = _disk(data_dir)
+    profile = {
+        "cpu_model": cpu_model(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False) or 0,
+        "cpu_cores_logical": psutil.cpu_count(logical=True) or 0,
+        "ram_total": psutil.virtual_memory().total,
+        "disk_total": disk_total,
+        "disk_free": disk_free,
+        "data_dir": str(data_dir),
+        "os": _os_name(),
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+        "driver_version": None,
+        "cuda_version": None,
+        "gpus": [],
+        "gpu_note": "",
+    }
+    nvml, note = _load_nvml()
+    if nvml is None:
+        profile["gpu_note"] = note
+        return profile
+    try:
+        profile["driver_version"] = _text(_optional(nvml.nvmlSystemGetDriverVersion, default="") or "") or None
+        cuda = _optional(nvml.nvmlSystemGetCudaDriverVersion_v2) or _optional(nvml.nvmlSystemGetCudaDriverVersion)
+        if cuda:
+            profile["cuda_version"] = f"{cuda // 1000}.{(cuda % 1000) // 10}"
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            capability = _optional(nvml.nvmlDeviceGetCudaComputeCapability, handle)
+            power_limit = _optional(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+            profile["gpus"].append(
+                {
+                    "index": index,
+                    "name": _text(nvml.nvmlDeviceGetName(handle)),
+                    "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+                    "vram_total": int(memory.total),
+                    "power_limit_w": round(power_limit / 1000, 1) if power_limit else None,
+                    "pcie_gen": _optional(nvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
+                    "pcie_width": _optional(nvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
+                    "pcie_gen_max": _optional(nvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+                    "pcie_width_max": _optional(nvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
+                    "compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
+                }
+            )
+    finally:
+        _shutdown(nvml)
+    if not profile["gpus"]:
+        profile["gpu_note"] = "NVIDIA driver present, no GPUs found"
+    return profile
+
+
+def _shutdown(nvml):
+    try:
+        nvml.nvmlShutdown()
+    except Exception:  # shutdown failures change nothing for the caller
+        log.debug("nvmlShutdown failed", exc_info=True)
+
+
+class TelemetrySampler:
+    """Keeps NVML open between samples (init costs milliseconds); re-opens it after an error."""
+
+    def __init__(self, data_dir):
+        self.data_dir = str(data_dir)
+        self._nvml = None
+        self._note = None
+        self._handles = []
+        psutil.cpu_percent(interval=None)  # primes the counter so the first sample is not 0.0
+
+    def _open(self):
+        if self._nvml is not None:
+            return self._nvml
+        self._nvml, self._note = _load_nvml()
+        if self._nvml is not None:
+            count = self._nvml.nvmlDeviceGetCount()
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        return self._nvml
+
+    def close(self):
+        if self._nvml is not None:
+            _shutdown(self._nvml)
+        self._nvml, self._handles = None, []
+
+    def sample(self):
+        _total, disk_free = _disk(self.data_dir)
+        vm = psutil.virtual_memory()
+        reading = {
+            "at": time.time(),
+            "host": {
+                "cpu_percent": psutil.cpu_percent(interval=None),
+                "ram_used": vm.total - vm.available,
+                "ram_total": vm.total,
+                "disk_free": disk_free,
+            },
+            "gpus": [],
+        }
+        nvml = self._open()
+        if nvml is None:
+            return reading
+        try:
+            for index, handle in enumerate(self._handles):
+                reading["gpus"].append(self._gpu(nvml, index, handle))
+        except nvml.NVMLError:
+            log.warning("NVML sample failed; re-opening next time", exc_info=True)
+            self.close()
+        return reading
+
+    @staticmethod
+    def _gpu(nvml, index, handle):
+        util = _optional(nvml.nvmlDeviceGetUtilizationRates, handle)
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        power = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
+        return {
+            "index": index,
+            "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+            "util": util.gpu if util is not None else None,
+            "vram_used": int(memory.used),
+            "vram_total": int(memory.total),
+            "temp_c": _optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
+            "power_w": round(power / 1000, 1) if power is not None else None,
+            "fan": _optional(nvml.nvmlDeviceGetFanSpeed, handle),
+            "sm_clock": _optional(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
+        }

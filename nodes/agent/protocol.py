@@ -1,0 +1,25 @@
+"""Names both sides of the broker agree on: queues, task names, report kinds."""
+
+import re
+
+PANEL_QUEUE = "panel"
+REPORT_TASK = "panel.report"
+
+# Tasks the panel sends to a rig's own queue.
+AGENT_REFRESH_HARDWARE = "agent.refresh_hardware"
+AGENT_PING = "agent.ping"
+
+# Report kinds an agent sends back.
+HARDWARE = "hardware"
+TELEMETRY = "telemetry"
+OPERATION = "operation"
+REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION)
+
+NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+PROTOCOL_VERSION = 1
+
+
+def node_queue(name):
+    if not NODE_NAME_RE.match(name or ""):
+        raise ValueError(f"{name!r} is not a valid rig name")
+    return f"node.{name}"

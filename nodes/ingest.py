@@ -1,0 +1,143 @@
+"""Applying agent reports: authenticate, validate, then write. The panel worker is the only writer."""
+
+import logging
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.db import transaction
+from django.utils import timezone
+
+from nodes.models import GPU, GpuSample, HostSample, Node, Operation, minute_floor
+from nodes.reports import CLEANERS, ReportError
+
+log = logging.getLogger("morpheus.ingest")
+
+# Record a rejected token at most this often per rig, so a misconfigured agent cannot hammer the DB.
+REJECTION_WRITE_EVERY = timedelta(seconds=5)
+MAX_CLOCK_SKEW = timedelta(minutes=10)
+
+
+class Rejected(Exception):
+    pass
+
+
+def handle_report(node, token, kind, payload, sent_at=None, now=None):
+    """Returns None when applied, or the reason it was rejected (already logged)."""
+    now = now or timezone.now()
+    try:
+        rig = authenticate(node, token, now)
+        if kind not in CLEANERS:
+            raise Rejected(f"unknown report kind {kind!r}")
+        try:
+            clean = CLEANERS[kind](payload)
+        except ReportError as exc:
+            raise Rejected(f"malformed {kind} report: {exc}") from None
+    except Rejected as exc:
+        log.warning("report from rig %r rejected: %s", node, exc)
+        return str(exc)
+    with transaction.atomic():
+        APPLY[kind](rig, clean, now)
+        rig.last_seen = now
+        Node.objects.filter(pk=rig.pk).update(last_seen=now)
+        rig.record_status(now)
+    return None
+
+
+def authenticate(name, token, now):
+    if not isinstance(name, str):
+        raise Rejected("rig name missing")
+    rig = Node.objects.filter(name=name).first()
+    if rig is None:
+        raise Rejected("unknown rig")
+    if not rig.check_token(token):
+        if rig.token_rejected_at is None or now - rig.token_rejected_at > REJECTION_WRITE_EVERY:
+            Node.objects.filter(pk=rig.pk).update(token_rejected_at=now)
+        raise Rejected("token does not match (agent token rejected)")
+    return rig
+
+
+def apply_hardware(rig, hw, now):
+    gpus = hw.pop("gpus")
+    rig.hardware = {**hw, "gpus": gpus}
+    rig.hardware_at = now
+    rig.telemetry_interval = hw["telemetry_interval"]
+    rig.token_rejected_at = None
+    rig.save(update_fields=["hardware", "hardware_at", "telemetry_interval", "token_rejected_at"])
+    existing = {gpu.index: gpu for gpu in rig.gpus.all()}
+    seen = set()
+    for data in gpus:
+        seen.add(data["index"])
+        fields = {
+            "uuid": data["uuid"],
+            "name": data["name"],
+            "vram_total": data["vram_total"],
+            "power_limit_w": data["power_limit_w"],
+            "pcie_gen": data["pcie_gen"],
+            "pcie_width": data["pcie_width"],
+            "compute_capability": data["compute_capability"],
+        }
+        gpu = existing.get(data["index"])
+        if gpu is None:
+            GPU.objects.create(node=rig, index=data["index"], **fields)
+        elif gpu.uuid != fields["uuid"]:
+            # A different card in that slot: its history is not this card's.
+            gpu.delete()
+            GPU.objects.create(node=rig, index=data["index"], **fields)
+        else:
+            for key, value in fields.items():
+                setattr(gpu, key, value)
+            gpu.save(update_fields=list(fields))
+    rig.gpus.exclude(index__in=seen).delete()
+
+
+def _reading_time(at, now):
+    moment = datetime.fromtimestamp(at, tz=dt_timezone.utc)
+    if abs(moment - now) > MAX_CLOCK_SKEW:
+        return now
+    return min(moment, now)
+
+
+def apply_telemetry(rig, reading, now):
+    at = _reading_time(reading["at"], now)
+    minute = minute_floor(at)
+    host = reading["host"]
+    rig.host_reading = {**host, "at": at.isoformat()}
+    rig.save(update_fields=["host_reading"])
+    HostSample.objects.bulk_create(
+        [HostSample(node=rig, minute=minute, cpu_percent=host["cpu_percent"], ram_used=host["ram_used"],
+                    disk_free=host["disk_free"])],
+        update_conflicts=True,
+        unique_fields=["node", "minute"],
+        update_fields=["cpu_percent", "ram_used", "disk_free"],
+    )
+    gpus = {gpu.index: gpu for gpu in rig.gpus.all()}
+    changed, samples = [], []
+    for data in reading["gpus"]:
+        gpu = gpus.get(data["index"])
+        if gpu is None:  # telemetry raced ahead of the hardware report; the next one will land
+            continue
+        gpu.reading_at = at
+        for key in ("util", "vram_used", "temp_c", "power_w", "fan", "sm_clock"):
+            setattr(gpu, key, data[key])
+        changed.append(gpu)
+        samples.append(GpuSample(gpu=gpu, minute=minute, util=data["util"], vram_used=data["vram_used"],
+                                 temp_c=data["temp_c"], power_w=data["power_w"]))
+    if changed:
+        GPU.objects.bulk_update(changed, ["reading_at", "util", "vram_used", "temp_c", "power_w", "fan", "sm_clock"])
+        GpuSample.objects.bulk_create(
+            samples,
+            update_conflicts=True,
+            unique_fields=["gpu", "minute"],
+            update_fields=["util", "vram_used", "temp_c", "power_w"],
+        )
+
+
+def apply_operation(rig, report, now):
+    operation = Operation.objects.filter(pk=report["operation"], node=rig).first()
+    if operation is None:
+        log.warning("rig %s reported on operation %s, which is not its own", rig.name, report["operation"])
+        return
+    if not operation.apply_report(report["status"], report["message"], report["result"], now=now):
+        log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
+
+
+APPLY = {"hardware": apply_hardware, "telemetry": apply_telemetry, "operation": apply_operation}

@@ -1,0 +1,379 @@
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from nodes.agent.protocol import NODE_NAME_RE, node_queue
+
+STALE_AFTER_INTERVALS = 2
+OFFLINE_AFTER_INTERVALS = 5
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Node(models.Model):
+    NEW, ONLINE, STALE, OFFLINE = "new", "online", "stale", "offline"
+    STATUS_CHOICES = [(NEW, "waiting for agent"), (ONLINE, "online"), (STALE, "stale"), (OFFLINE, "offline")]
+
+    name = models.CharField(
+        max_length=40,
+        unique=True,
+        validators=[RegexValidator(NODE_NAME_RE, "Use lowercase letters, digits and '-' (e.g. rig-01).")],
+        help_text="Lowercase letters, digits and '-'; it names the rig's queue.",
+    )
+    notes = models.TextField(blank=True)
+    token_hash = models.CharField(max_length=64, editable=False)
+    created = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    telemetry_interval = models.FloatField(default=5.0)
+    # The last status written as a StatusChange; `status` below is always computed fresh.
+    last_status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=NEW)
+    hardware = models.JSONField(default=dict, blank=True)
+    hardware_at = models.DateTimeField(null=True, blank=True)
+    host_reading = models.JSONField(default=dict, blank=True)
+    token_rejected_at = models.DateTimeField(null=True, blank=True)
+    profile = models.ForeignKey(
+        "nodes.HardwareProfile", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("node_detail", args=[self.name])
+
+    @property
+    def queue(self):
+        return node_queue(self.name)
+
+    # --- token ------------------------------------------------------------------------------
+    def set_new_token(self):
+        token = secrets.token_urlsafe(32)
+        self.token_hash = hash_token(token)
+        return token
+
+    def check_token(self, token):
+        if not isinstance(token, str) or not self.token_hash:
+            return False
+        return hmac.compare_digest(hash_token(token), self.token_hash)
+
+    # --- status -----------------------------------------------------------------------------
+    def status_at(self, now):
+        if self.last_seen is None:
+            return self.NEW
+        age = (now - self.last_seen).total_seconds()
+        if age <= STALE_AFTER_INTERVALS * self.telemetry_interval:
+            return self.ONLINE
+        if age <= OFFLINE_AFTER_INTERVALS * self.telemetry_interval:
+            return self.STALE
+        return self.OFFLINE
+
+    @property
+    def status(self):
+        return self.status_at(timezone.now())
+
+    def record_status(self, now=None):
+        """Store a StatusChange when the computed status differs from the last one written.
+
+        The conditional update makes two concurrent callers write one row, not two.
+        """
+        now = now or timezone.now()
+        new = self.status_at(now)
+        old = self.last_status
+        if new == old:
+            return None
+        if not Node.objects.filter(pk=self.pk, last_status=old).update(last_status=new):
+            return None
+        self.last_status = new
+        return StatusChange.objects.create(node=self, old=old, new=new, at=now)
+
+    @property
+    def token_rejected(self):
+        """An agent is knocking with a token that no longer (or never did) match."""
+        if self.token_rejected_at is None:
+            return False
+        return self.last_seen is None or self.token_rejected_at > self.last_seen
+
+    @property
+    def gpu_note(self):
+        return (self.hardware or {}).get("gpu_note", "")
+
+    def profile_mismatches(self):
+        if self.profile is None or not self.hardware:
+            return []
+        return self.profile.mismatches(self.hardware)
+
+
+class StatusChange(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="status_changes")
+    old = models.CharField(max_length=10, choices=Node.STATUS_CHOICES)
+    new = models.CharField(max_length=10, choices=Node.STATUS_CHOICES)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{self.node_id}: {self.old} → {self.new}"
+
+
+class GPU(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=80)
+    name = models.CharField(max_length=120)
+    vram_total = models.BigIntegerField()
+    power_limit_w = models.FloatField(null=True)
+    pcie_gen = models.PositiveSmallIntegerField(null=True)
+    pcie_width = models.PositiveSmallIntegerField(null=True)
+    compute_capability = models.CharField(max_length=8, blank=True)
+    # Latest reading, overwritten in place so the dashboard reads one row per GPU.
+    reading_at = models.DateTimeField(null=True)
+    util = models.FloatField(null=True)
+    vram_used = models.BigIntegerField(null=True)
+    temp_c = models.FloatField(null=True)
+    power_w = models.FloatField(null=True)
+    fan = models.FloatField(null=True)
+    sm_clock = models.IntegerField(null=True)
+
+    class Meta:
+        ordering = ["node", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_unique_index")]
+
+    def __str__(self):
+        return f"{self.node_id} GPU{self.index} {self.name}"
+
+    def percent(self, value, total):
+        if value is None or not total:
+            return 0
+        return max(0, min(100, round(100 * value / total)))
+
+    @property
+    def vram_percent(self):
+        return self.percent(self.vram_used, self.vram_total)
+
+    @property
+    def power_percent(self):
+        return self.percent(self.power_w, self.power_limit_w)
+
+    @property
+    def temp_percent(self):
+        return self.percent(self.temp_c, 100)
+
+    @property
+    def util_percent(self):
+        return self.percent(self.util, 100)
+
+    @staticmethod
+    def _fmt(value, unit, digits=0):
+        return "–" if value is None else f"{value:.{digits}f}{unit}"
+
+    @property
+    def util_text(self):
+        return self._fmt(self.util, "%")
+
+    @property
+    def vram_text(self):
+        used = None if self.vram_used is None else self.vram_used / 1024**3
+        return f"{self._fmt(used, '', 1)} / {self.vram_total / 1024**3:.0f} GiB"
+
+    @property
+    def temp_text(self):
+        return self._fmt(self.temp_c, " °C")
+
+    @property
+    def power_text(self):
+        return f"{self._fmt(self.power_w, '')} / {self._fmt(self.power_limit_w, ' W')}"
+
+
+class GpuSample(models.Model):
+    """One row per GPU per minute (the last reading of that minute): 1,440 rows a day at most."""
+
+    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="samples")
+    minute = models.DateTimeField()
+    util = models.FloatField(null=True)
+    vram_used = models.BigIntegerField(null=True)
+    temp_c = models.FloatField(null=True)
+    power_w = models.FloatField(null=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["gpu", "minute"], name="gpusample_unique_minute")]
+        indexes = [models.Index(fields=["minute"])]
+
+
+class HostSample(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="host_samples")
+    minute = models.DateTimeField()
+    cpu_percent = models.FloatField()
+    ram_used = models.BigIntegerField()
+    disk_free = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["node", "minute"], name="hostsample_unique_minute")]
+        indexes = [models.Index(fields=["minute"])]
+
+
+class Operation(models.Model):
+    REFRESH_HARDWARE, PING = "refresh_hardware", "ping"
+    KIND_CHOICES = [(REFRESH_HARDWARE, "refresh hardware"), (PING, "ping agent")]
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+    STATUS_CHOICES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+    TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+    kind = models.CharField(max_length=30, choices=KIND_CHOICES)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="operations")
+    target = models.CharField(max_length=200, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED, db_index=True)
+    progress_done = models.BigIntegerField(null=True, blank=True)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    progress_unit = models.CharField(max_length=10, blank=True)
+    message = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} on {self.node_id} ({self.status})"
+
+    def get_absolute_url(self):
+        return reverse("operation_detail", args=[self.pk])
+
+    @property
+    def is_terminal(self):
+        return self.status in self.TERMINAL
+
+    @property
+    def duration(self):
+        if self.started and self.finished:
+            return self.finished - self.started
+        return None
+
+    def apply_report(self, status, message="", result=None, now=None):
+        """Move along queued → running → terminal; never backwards, never out of a terminal state."""
+        now = now or timezone.now()
+        allowed_from = {
+            self.RUNNING: [self.QUEUED],
+            self.SUCCEEDED: [self.QUEUED, self.RUNNING],
+            self.FAILED: [self.QUEUED, self.RUNNING],
+            self.CANCELLED: [self.QUEUED, self.RUNNING],
+        }[status]
+        fields = {"status": status, "message": message[:2000]}
+        if status == self.RUNNING:
+            fields["started"] = now
+        else:
+            fields["finished"] = now
+            if self.started is None:
+                fields["started"] = now
+            if result:
+                fields["result"] = result
+        updated = Operation.objects.filter(pk=self.pk, status__in=allowed_from).update(**fields)
+        if updated:
+            for key, value in fields.items():
+                setattr(self, key, value)
+        return bool(updated)
+
+
+class HardwareProfile(models.Model):
+    """A planned build: a parts list with prices, attachable to rigs to compare with what they report."""
+
+    name = models.CharField(max_length=100, unique=True)
+    notes = models.TextField(blank=True)
+    is_template = models.BooleanField(default=False)
+    planned_ram_gb = models.PositiveIntegerField(null=True, blank=True, help_text="System RAM in GB")
+    planned_vram_gb = models.PositiveIntegerField(null=True, blank=True, help_text="VRAM per GPU in GB")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-is_template", "name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("profile_detail", args=[self.pk])
+
+    @property
+    def total_cost(self):
+        return sum((part.line_total for part in self.parts.all()), 0)
+
+    @property
+    def planned_gpu_count(self):
+        return sum(part.quantity for part in self.parts.all() if part.category == Part.GPU)
+
+    @property
+    def planned_cpu(self):
+        return next((part.description for part in self.parts.all() if part.category == Part.CPU), "")
+
+    def mismatches(self, hardware):
+        problems = []
+        gpus = hardware.get("gpus") or []
+        planned_gpus = self.planned_gpu_count
+        if planned_gpus != len(gpus):
+            problems.append(f"planned {planned_gpus} GPU{'s' if planned_gpus != 1 else ''}, detected {len(gpus)}")
+        if self.planned_vram_gb:
+            for gpu in gpus:
+                vram_gb = gpu.get("vram_total", 0) / 1024**3
+                if vram_gb < self.planned_vram_gb * 0.95:
+                    problems.append(
+                        f"GPU {gpu.get('index')} has {vram_gb:.0f} GB VRAM, planned {self.planned_vram_gb} GB"
+                    )
+        if self.planned_ram_gb:
+            ram_gb = hardware.get("ram_total", 0) / 1024**3
+            # The kernel reserves a little: allow 10% below the nominal size.
+            if ram_gb < self.planned_ram_gb * 0.9:
+                problems.append(f"planned {self.planned_ram_gb} GB RAM, detected {ram_gb:.0f} GB")
+        return problems
+
+
+class Part(models.Model):
+    CPU, COOLER, MOTHERBOARD, RAM, SSD, GPU, CASE, PSU, FANS, OTHER = (
+        "cpu", "cooler", "motherboard", "ram", "ssd", "gpu", "case", "psu", "fans", "other",
+    )
+    CATEGORY_CHOICES = [
+        (CPU, "CPU"), (COOLER, "CPU cooler"), (MOTHERBOARD, "Motherboard"), (RAM, "RAM"), (SSD, "SSD"),
+        (GPU, "GPU"), (CASE, "Case"), (PSU, "Power supply"), (FANS, "Case fans"), (OTHER, "Other"),
+    ]
+    profile = models.ForeignKey(HardwareProfile, on_delete=models.CASCADE, related_name="parts")
+    category = models.CharField(max_length=12, choices=CATEGORY_CHOICES)
+    description = models.CharField(max_length=200)
+    quantity = models.PositiveSmallIntegerField(default=1)
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"{self.get_category_display()}: {self.description}"
+
+    @property
+    def line_total(self):
+        return self.unit_price * self.quantity
+
+
+def history_cutoff(now=None):
+    return (now or timezone.now()) - settings.TELEMETRY_RETENTION
+
+
+def minute_floor(moment):
+    return moment.replace(second=0, microsecond=0)
+
+
+def recent_window(minutes=60, now=None):
+    return minute_floor(now or timezone.now()) - timedelta(minutes=minutes)

@@ -1,0 +1,48 @@
+"""Panel-side tasks (queue `panel`): agent reports and periodic upkeep. Only these write rig rows."""
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from nodes import ingest
+from nodes.agent import protocol
+from nodes.models import GpuSample, HostSample, Node, Operation, StatusChange, history_cutoff
+
+log = logging.getLogger("morpheus.tasks")
+
+
+@shared_task(name=protocol.REPORT_TASK)
+def report(node=None, token=None, kind=None, payload=None, sent_at=None):
+    return ingest.handle_report(node, token, kind, payload, sent_at)
+
+
+@shared_task(name="panel.check_node_status")
+def check_node_status():
+    now = timezone.now()
+    changes = 0
+    for rig in Node.objects.exclude(last_status=Node.NEW).only("id", "last_seen", "telemetry_interval", "last_status"):
+        if rig.record_status(now):
+            changes += 1
+    return changes
+
+
+@shared_task(name="panel.expire_operations")
+def expire_operations():
+    """A queued operation whose message expired unread (rig offline) would wait forever: fail it."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.OPERATION_PICKUP_TIMEOUT)
+    return Operation.objects.filter(status=Operation.QUEUED, created__lt=cutoff).update(
+        status=Operation.FAILED,
+        finished=timezone.now(),
+        message="the rig's agent did not pick this up in time (is the rig online?)",
+    )
+
+
+@shared_task(name="panel.prune_history")
+def prune_history():
+    cutoff = history_cutoff()
+    gpu_rows, _ = GpuSample.objects.filter(minute__lt=cutoff).delete()
+    host_rows, _ = HostSample.objects.filter(minute__lt=cutoff).delete()
+    status_rows, _ = StatusChange.objects.filter(at__lt=timezone.now() - settings.STATUS_CHANGE_RETENTION).delete()
+    return {"gpu_samples": gpu_rows, "host_samples": host_rows, "status_changes": status_rows}

@@ -1,0 +1,200 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import Prefetch
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+from django_htmx.http import HTMX_STOP_POLLING
+
+from nodes import charts
+from nodes.enrolment import agent_command, compose_service
+from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
+from nodes.models import GPU, HardwareProfile, Node, Operation, Part
+from nodes.operations import start_operation
+from nodes.permissions import require_operator
+
+
+def _nodes_for_dashboard():
+    return Node.objects.select_related("profile").prefetch_related(
+        Prefetch("gpus", queryset=GPU.objects.order_by("index")),
+        Prefetch("profile__parts", queryset=Part.objects.all()),
+    )
+
+
+@login_required
+def dashboard(request):
+    nodes = list(_nodes_for_dashboard())
+    context = {"nodes": nodes, "now": timezone.now()}
+    if request.htmx:
+        return render(request, "nodes/dashboard.html#cards", context)
+    return render(request, "nodes/dashboard.html", context)
+
+
+def _enrolment_page(request, node, token, created):
+    return render(
+        request,
+        "nodes/enrolled.html",
+        {"node": node, "command": agent_command(node, token), "compose": compose_service(node, token),
+         "created": created},
+    )
+
+
+@login_required
+def node_add(request):
+    require_operator(request)
+    form = NodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        node = form.save(commit=False)
+        token = node.set_new_token()
+        node.save()
+        # Shown once, in this response; only the hash is stored.
+        return _enrolment_page(request, node, token, created=True)
+    return render(request, "nodes/node_form.html", {"form": form})
+
+
+@login_required
+@require_POST
+def node_rotate_token(request, name):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    token = node.set_new_token()
+    node.save(update_fields=["token_hash"])
+    return _enrolment_page(request, node, token, created=False)
+
+
+@login_required
+def node_delete(request, name):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    if request.method == "POST":
+        node.delete()
+        messages.success(request, f"Rig {name} removed. Its agent's reports are now rejected.")
+        return redirect("dashboard")
+    return render(request, "nodes/node_confirm_delete.html", {"node": node})
+
+
+def _node_context(node):
+    gpus = list(node.gpus.order_by("index"))
+    return {
+        "node": node,
+        "gpus": gpus,
+        "charts": charts.gpu_charts(gpus),
+        "operations": node.operations.select_related("requested_by")[:10],
+        "status_changes": node.status_changes.all()[:10],
+        "mismatches": node.profile_mismatches(),
+        "profile_form": AttachProfileForm(initial={"profile": node.profile_id}),
+        "now": timezone.now(),
+    }
+
+
+@login_required
+def node_detail(request, name):
+    node = get_object_or_404(Node.objects.select_related("profile"), name=name)
+    context = _node_context(node)
+    if request.htmx:
+        return render(request, "nodes/node_detail.html#live", context)
+    return render(request, "nodes/node_detail.html", context)
+
+
+@login_required
+@require_POST
+def node_operation(request, name, kind):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    if kind not in dict(Operation.KIND_CHOICES):
+        raise Http404("unknown operation")
+    with transaction.atomic():
+        operation = start_operation(node, kind, request.user)
+    return redirect(operation)
+
+
+@login_required
+@require_POST
+def node_attach_profile(request, name):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    form = AttachProfileForm(request.POST)
+    if form.is_valid():
+        node.profile = form.cleaned_data["profile"]
+        node.save(update_fields=["profile"])
+        messages.success(request, "Planned build updated.")
+    else:
+        messages.error(request, "Choose a planned build from the list.")
+    return redirect(node)
+
+
+@login_required
+def operation_list(request):
+    operations = Operation.objects.select_related("node", "requested_by")
+    filters = {
+        "node": request.GET.get("node", ""),
+        "kind": request.GET.get("kind", ""),
+        "status": request.GET.get("status", ""),
+    }
+    if filters["node"]:
+        operations = operations.filter(node__name=filters["node"])
+    if filters["kind"]:
+        operations = operations.filter(kind=filters["kind"])
+    if filters["status"]:
+        operations = operations.filter(status=filters["status"])
+    context = {
+        "operations": operations[:200],
+        "filters": filters,
+        "node_names": Node.objects.values_list("name", flat=True),
+        "kinds": Operation.KIND_CHOICES,
+        "statuses": Operation.STATUS_CHOICES,
+    }
+    return render(request, "nodes/operation_list.html", context)
+
+
+@login_required
+def operation_detail(request, pk):
+    operation = get_object_or_404(Operation.objects.select_related("node", "requested_by"), pk=pk)
+    context = {"operation": operation}
+    if request.htmx:
+        response = render(request, "nodes/operation_detail.html#status", context)
+        if operation.is_terminal:
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "nodes/operation_detail.html", context)
+
+
+@login_required
+def profile_list(request):
+    profiles = HardwareProfile.objects.prefetch_related("parts", "nodes")
+    return render(request, "nodes/profile_list.html", {"profiles": profiles})
+
+
+@login_required
+def profile_detail(request, pk):
+    profile = get_object_or_404(HardwareProfile.objects.prefetch_related("parts", "nodes"), pk=pk)
+    return render(request, "nodes/profile_detail.html", {"profile": profile})
+
+
+@login_required
+def profile_edit(request, pk=None):
+    require_operator(request)
+    profile = get_object_or_404(HardwareProfile, pk=pk) if pk else None
+    copy_from = None
+    if profile is None and request.GET.get("from"):
+        copy_from = get_object_or_404(HardwareProfile, pk=request.GET["from"])
+    form = ProfileForm(request.POST or None, instance=profile)
+    formset = PartFormSet(request.POST or None, instance=profile or HardwareProfile())
+    if request.method == "POST" and form.is_valid() and formset.is_valid():
+        with transaction.atomic():
+            saved = form.save()
+            formset.instance = saved
+            formset.save()
+        messages.success(request, f"Planned build “{saved.name}” saved.")
+        return redirect(saved)
+    if copy_from is not None and request.method == "GET":
+        form = ProfileForm(initial={"name": f"{copy_from.name} (copy)", "notes": copy_from.notes,
+                                    "planned_ram_gb": copy_from.planned_ram_gb,
+                                    "planned_vram_gb": copy_from.planned_vram_gb})
+        initial = [{"category": p.category, "description": p.description, "quantity": p.quantity,
+                    "unit_price": p.unit_price} for p in copy_from.parts.all()]
+        formset = PartFormSet(instance=HardwareProfile(), initial=initial)
+        formset.extra = len(initial) + 2
+    return render(request, "nodes/profile_form.html", {"form": form, "formset": formset, "profile": profile})
