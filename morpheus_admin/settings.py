@@ -3,6 +3,7 @@
 from datetime import timedelta
 from pathlib import Path
 import os
+import tempfile
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -90,8 +91,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    if os.environ.get("MORPHEUS_TEST_SQLITE"):
-        DATABASES["default"]["TEST"] = {"NAME": os.environ["MORPHEUS_TEST_SQLITE"]}
+    # A file, not memory, so the Celery workers started by the integration tests share the test DB.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("MORPHEUS_TEST_SQLITE", os.path.join(tempfile.gettempdir(), f"morpheus-test-{os.getpid()}.sqlite3"))
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

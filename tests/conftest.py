@@ -1,0 +1,125 @@
+import os
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from morpheus_admin import localredis
+from morpheus_admin.celery import app as celery_app
+from nodes.models import Node
+from nodes.permissions import OPERATORS_GROUP, VIEWERS_GROUP
+from tests import harness
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # pytest-django's live_server + Playwright
+
+
+def point_celery_at(url):
+    """Send this process's tasks to `url` (memory:// for unit tests, the test Redis for integration)."""
+    celery_app.close()
+    celery_app.conf.broker_url = url
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_stray_broker():
+    # Unit tests must never reach for a Redis on 6379 that a fresh machine does not have.
+    point_celery_at("memory://")
+    yield
+
+
+# --- users: an operator, a viewer, and an outsider with no role ------------------------------------
+@pytest.fixture
+def operator(db):
+    user = User.objects.create_user("olga", password="operator-pass-1")
+    user.groups.add(Group.objects.get(name=OPERATORS_GROUP))
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    user = User.objects.create_user("victor", password="viewer-pass-1")
+    user.groups.add(Group.objects.get(name=VIEWERS_GROUP))
+    return user
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def viewer_client(client, viewer):
+    client.force_login(viewer)
+    return client
+
+
+def make_node(name, **fields):
+    node = Node(name=name, **fields)
+    token = node.set_new_token()
+    node.save()
+    return node, token
+
+
+# --- real processes ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def proc_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("procs")
+
+
+@pytest.fixture(scope="session")
+def redis_url(proc_dir):
+    proc, url = localredis.start(proc_dir / "redis", log_path=proc_dir / "redis.log")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url, django_db_setup, django_db_blocker):
+    from django.db import connection
+
+    db_url = harness.database_url(connection.settings_dict)
+    point_celery_at(redis_url)
+    yield harness.panel_env(redis_url, db_url, MORPHEUS_STATUS_CHECK_INTERVAL="0.5",
+                            MORPHEUS_OPERATION_PICKUP_TIMEOUT="20")
+    point_celery_at("memory://")
+
+
+@pytest.fixture(scope="session")
+def panel_processes(worker_env, proc_dir):
+    """The panel worker and beat, shared by every integration and browser test."""
+    worker = harness.panel_worker(worker_env, proc_dir).start()
+    scheduler = harness.beat(worker_env, proc_dir).start()
+    worker.wait_for_log("ready.", timeout=60)
+    yield {"worker": worker, "beat": scheduler}
+    scheduler.stop()
+    worker.stop()
+
+
+class Rigs:
+    """Starts rig agents as real `python -m nodes.agent` processes; stops them at teardown."""
+
+    def __init__(self, redis_url, root):
+        self.redis_url, self.root, self.procs = redis_url, Path(root), []
+
+    def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True):
+        proc = harness.agent(name, token, self.redis_url, self.root / name / "data", self.root,
+                             fake_nvml=fake_nvml, interval=interval)
+        proc.start()
+        self.procs.append(proc)
+        if wait:
+            proc.wait_for_log("ready.", timeout=60)
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def rigs(panel_processes, redis_url, tmp_path, transactional_db):
+    manager = Rigs(redis_url, tmp_path)
+    yield manager
+    manager.stop_all()

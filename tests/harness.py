@@ -1,0 +1,127 @@
+"""Real processes for integration tests: Redis, the panel worker, beat and rig agents."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def wait_until(predicate, timeout=20.0, interval=0.1, message="condition"):
+    """Poll until predicate() is truthy; return its value or fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message} (last: {last!r})")
+
+
+def database_url(settings_dict):
+    """The URL of the DB the test process uses (the test DB), for the worker processes."""
+    engine = settings_dict["ENGINE"]
+    if engine.endswith("sqlite3"):
+        return f"sqlite:///{settings_dict['NAME']}"
+    if engine.endswith("postgresql"):
+        user = settings_dict.get("USER") or ""
+        password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+        auth = f"{user}{password}@" if user else ""
+        host = settings_dict.get("HOST") or "127.0.0.1"
+        port = settings_dict.get("PORT") or 5432
+        return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+    raise RuntimeError(f"no worker URL for {engine}")
+
+
+class Proc:
+    def __init__(self, name, args, env, log_path, cwd=ROOT):
+        self.name, self.args, self.env, self.log_path, self.cwd = name, args, env, Path(log_path), cwd
+        self.popen = None
+
+    def start(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        """Signal the whole process group (a prefork worker's children too)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(timeout=15)
+
+    def stop(self, timeout=10):
+        if not self.alive():
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def wait_for_log(self, text, timeout=30):
+        return wait_until(lambda: text in self.log(), timeout=timeout, message=f"{text!r} in {self.name}'s log")
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def panel_env(redis_url, db_url, **extra):
+    env = dict(os.environ)
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "morpheus_admin.settings",
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": db_url,
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def panel_worker(env, log_dir, name="panel"):
+    args = [sys.executable, "-m", "celery", "-A", "morpheus_admin", "worker", "-Q", "panel", "-P", "solo",
+            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    return Proc(name, args, env, Path(log_dir) / f"{name}.log")
+
+
+def beat(env, log_dir):
+    schedule = Path(log_dir) / "celerybeat-schedule"
+    args = [sys.executable, "-m", "celery", "-A", "morpheus_admin", "beat", "-s", str(schedule), "-l", "INFO"]
+    return Proc("beat", args, env, Path(log_dir) / "beat.log")
+
+
+def agent(name, token, redis_url, data_dir, log_dir, fake_nvml="nodriver", interval=1.0, extra_env=None):
+    env = dict(os.environ)
+    for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL"):
+        env.pop(key, None)  # an agent never touches the DB; make sure it could not
+    env.update({
+        "PYTHONPATH": os.pathsep.join([str(FAKES), str(ROOT)]),
+        "FAKE_NVML": fake_nvml,
+        "MORPHEUS_NODE_TOKEN": token,
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra_env or {})
+    args = [sys.executable, "-m", "nodes.agent", "--broker", redis_url, "--node", name,
+            "--data-dir", str(data_dir), "--interval", str(interval)]
+    return Proc(f"agent-{name}", args, env, Path(log_dir) / f"agent-{name}.log")
