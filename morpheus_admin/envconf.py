@@ -1,5 +1,6 @@
 """Strict readers for settings taken from the environment (no Django import)."""
 
+import math
 import os
 
 TRUE = {"1", "true", "yes", "on"}
@@ -45,6 +46,8 @@ def env_float(name, default, minimum=None, maximum=None):
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):  # float() reads "nan" and "inf", which no interval or timeout means
+        raise ConfigError(f"{name}={raw!r} is not a number")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} is below {minimum}")
     if maximum is not None and value > maximum:

@@ -155,6 +155,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 STATUS_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_STATUS_CHECK_INTERVAL", 10.0, minimum=0.2)
 # Operations a rig never picked up (its queue message expired) are failed after this many seconds.
 OPERATION_PICKUP_TIMEOUT = _env(envconf.env_int, "MORPHEUS_OPERATION_PICKUP_TIMEOUT", 120, minimum=1)
+# How often beat looks for such operations (tests shorten it to see the timeout without a 30 s wait).
+OPERATION_EXPIRY_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL", 30.0, minimum=0.2)
 TELEMETRY_RETENTION = timedelta(hours=_env(envconf.env_int, "MORPHEUS_TELEMETRY_RETENTION_HOURS", 24, minimum=1))
 STATUS_CHANGE_RETENTION = timedelta(days=_env(envconf.env_int, "MORPHEUS_STATUS_RETENTION_DAYS", 90, minimum=1))
 # What the enrolment page prints as the broker URL a rig should use (the panel's own may be 127.0.0.1).
@@ -168,8 +170,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     "expire-stale-operations": {
         "task": "panel.expire_operations",
-        "schedule": 30.0,
-        "options": {"expires": 30},
+        "schedule": OPERATION_EXPIRY_CHECK_INTERVAL,
+        "options": {"expires": max(OPERATION_EXPIRY_CHECK_INTERVAL, 5)},
     },
     "prune-telemetry": {
         "task": "panel.prune_history",
@@ -186,3 +188,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("MORPHEUS_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Models: Hugging Face (or a mirror) ---------------------------------------------------------------
+HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+HF_TIMEOUT = _env(envconf.env_float, "MORPHEUS_HF_TIMEOUT", 15.0, minimum=1)
+# Refuse a download when the rig's free space would drop under this margin.
+DOWNLOAD_DISK_MARGIN = _env(envconf.env_int, "MORPHEUS_DOWNLOAD_DISK_MARGIN_MB", 1024, minimum=0) * 1024 * 1024

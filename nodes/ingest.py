@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from django.db import transaction
 from django.utils import timezone
 
+from nodes.agent.protocol import NODE_NAME_RE
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, minute_floor
 from nodes.reports import CLEANERS, ReportError
 
@@ -25,7 +26,7 @@ def handle_report(node, token, kind, payload, sent_at=None, now=None):
     now = now or timezone.now()
     try:
         rig = authenticate(node, token, now)
-        if kind not in CLEANERS:
+        if not isinstance(kind, str) or kind not in CLEANERS:
             raise Rejected(f"unknown report kind {kind!r}")
         try:
             clean = CLEANERS[kind](payload)
@@ -45,6 +46,8 @@ def handle_report(node, token, kind, payload, sent_at=None, now=None):
 def authenticate(name, token, now):
     if not isinstance(name, str):
         raise Rejected("rig name missing")
+    if not NODE_NAME_RE.match(name):  # never query with it (PostgreSQL refuses a NUL, for one)
+        raise Rejected("unknown rig")
     rig = Node.objects.filter(name=name).first()
     if rig is None:
         raise Rejected("unknown rig")
@@ -57,6 +60,9 @@ def authenticate(name, token, now):
 
 def apply_hardware(rig, hw, now):
     gpus = hw.pop("gpus")
+    boot, in_flight = hw.pop("boot"), hw.pop("in_flight")
+    if boot:
+        mark_interrupted(rig, in_flight, now)
     rig.hardware = {**hw, "gpus": gpus}
     rig.hardware_at = now
     rig.telemetry_interval = hw["telemetry_interval"]
@@ -131,13 +137,34 @@ def apply_telemetry(rig, reading, now):
         )
 
 
+def mark_interrupted(rig, in_flight, now):
+    """The agent started again: operations it was running and did not take back were lost with it."""
+    lost = Operation.objects.filter(node=rig, status=Operation.RUNNING).exclude(pk__in=in_flight)
+    count = lost.update(status=Operation.FAILED, finished=now,
+                        message="interrupted: the rig's agent restarted without finishing this operation")
+    if count:
+        log.warning("rig %s restarted; %d running operation(s) marked interrupted", rig.name, count)
+
+
 def apply_operation(rig, report, now):
     operation = Operation.objects.filter(pk=report["operation"], node=rig).first()
     if operation is None:
         log.warning("rig %s reported on operation %s, which is not its own", rig.name, report["operation"])
         return
-    if not operation.apply_report(report["status"], report["message"], report["result"], now=now):
+    if not operation.apply_report(report["status"], report["message"], report["result"], now=now,
+                                  progress=report["progress"], log_tail=report["log"]):
         log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
 
 
-APPLY = {"hardware": apply_hardware, "telemetry": apply_telemetry, "operation": apply_operation}
+def apply_model_files(rig, report, now):
+    from models_catalog.ingest import apply_model_files as apply
+
+    apply(rig, report, now)
+
+
+APPLY = {
+    "hardware": apply_hardware,
+    "telemetry": apply_telemetry,
+    "operation": apply_operation,
+    "model_files": apply_model_files,
+}

@@ -226,7 +226,17 @@ class HostSample(models.Model):
 
 class Operation(models.Model):
     REFRESH_HARDWARE, PING = "refresh_hardware", "ping"
-    KIND_CHOICES = [(REFRESH_HARDWARE, "refresh hardware"), (PING, "ping agent")]
+    DOWNLOAD_MODEL, SCAN_MODELS, DELETE_MODEL_FILE = "download_model", "scan_models", "delete_model_file"
+    KIND_CHOICES = [
+        (REFRESH_HARDWARE, "refresh hardware"),
+        (PING, "ping agent"),
+        (DOWNLOAD_MODEL, "download model"),
+        (SCAN_MODELS, "scan models folder"),
+        (DELETE_MODEL_FILE, "delete model file"),
+    ]
+    # Kinds a provider may start from the rig page with no further input.
+    SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)
+    CANCELLABLE_KINDS = (DOWNLOAD_MODEL,)
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
     STATUS_CHOICES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
@@ -239,6 +249,8 @@ class Operation(models.Model):
     progress_done = models.BigIntegerField(null=True, blank=True)
     progress_total = models.BigIntegerField(null=True, blank=True)
     progress_unit = models.CharField(max_length=10, blank=True)
+    progress_rate = models.FloatField(null=True, blank=True, help_text="units per second")
+    progress_eta = models.FloatField(null=True, blank=True, help_text="seconds left")
     message = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
     result = models.JSONField(default=dict, blank=True)
@@ -265,18 +277,51 @@ class Operation(models.Model):
             return self.finished - self.started
         return None
 
-    def apply_report(self, status, message="", result=None, now=None):
-        """Move along queued → running → terminal; never backwards, never out of a terminal state."""
+    @property
+    def is_cancellable(self):
+        return self.kind in self.CANCELLABLE_KINDS and not self.is_terminal
+
+    @property
+    def progress_percent(self):
+        if not self.progress_total:
+            return None
+        return min(100, int(100 * (self.progress_done or 0) / self.progress_total))
+
+    @property
+    def eta_text(self):
+        if self.progress_eta is None:
+            return ""
+        seconds = int(self.progress_eta)
+        if seconds >= 3600:
+            return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+        if seconds >= 60:
+            return f"{seconds // 60} min {seconds % 60} s"
+        return f"{seconds} s"
+
+    def apply_report(self, status, message="", result=None, now=None, progress=None, log_tail=None):
+        """Move along queued → running → terminal; never backwards, never out of a terminal state.
+
+        A running operation takes further running reports: they carry progress and the log tail.
+        """
         now = now or timezone.now()
         allowed_from = {
-            self.RUNNING: [self.QUEUED],
+            self.RUNNING: [self.QUEUED, self.RUNNING],
             self.SUCCEEDED: [self.QUEUED, self.RUNNING],
             self.FAILED: [self.QUEUED, self.RUNNING],
             self.CANCELLED: [self.QUEUED, self.RUNNING],
         }[status]
-        fields = {"status": status, "message": message[:2000]}
+        fields = {"status": status}
+        if message:
+            fields["message"] = message[:2000]
+        if progress:
+            fields.update(progress_done=progress["done"], progress_total=progress["total"],
+                          progress_unit=progress["unit"], progress_rate=progress.get("rate"),
+                          progress_eta=progress.get("eta"))
+        if log_tail is not None:
+            fields["log_tail"] = log_tail
         if status == self.RUNNING:
-            fields["started"] = now
+            if self.started is None:
+                fields["started"] = now
         else:
             fields["finished"] = now
             if self.started is None:

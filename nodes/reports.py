@@ -22,7 +22,7 @@ def _number(data, key, lo, hi, required=True, integer=False):
         raise ReportError(f"{key} must be a number, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ReportError(f"{key} is not finite")
-    if integer and not float(value).is_integer():
+    if integer and isinstance(value, float) and not value.is_integer():
         raise ReportError(f"{key} must be a whole number")
     if not lo <= value <= hi:
         raise ReportError(f"{key}={value} is outside {lo}..{hi}")
@@ -37,6 +37,8 @@ def _text(data, key, max_len=200, required=True):
         return ""
     if not isinstance(value, str):
         raise ReportError(f"{key} must be text")
+    if "\x00" in value:  # PostgreSQL refuses NUL in text; reject it here with a reason instead
+        raise ReportError(f"{key} contains a NUL character")
     return value[:max_len]
 
 
@@ -81,7 +83,16 @@ def clean_hardware(payload):
         "gpu_note": _text(payload, "gpu_note", 300, required=False),
         "telemetry_interval": _number(payload, "telemetry_interval", 0.2, 3600),
         "gpus": [],
+        "boot": payload.get("boot") is True,
+        "in_flight": [],
     }
+    in_flight = payload.get("in_flight") or []
+    if not isinstance(in_flight, list) or len(in_flight) > 1000:
+        raise ReportError("in_flight must be a list of operation ids")
+    for op_id in in_flight:
+        if isinstance(op_id, bool) or not isinstance(op_id, int) or op_id < 1:
+            raise ReportError("in_flight must be a list of operation ids")
+        clean["in_flight"].append(op_id)
     for gpu in _list(payload, "gpus"):
         if not isinstance(gpu, dict):
             raise ReportError("each GPU must be an object")
@@ -145,12 +156,75 @@ def clean_operation(payload):
     result = payload.get("result") or {}
     if not isinstance(result, dict):
         raise ReportError("result must be an object")
+    progress = payload.get("progress")
+    if progress is not None:
+        if not isinstance(progress, dict):
+            raise ReportError("progress must be an object")
+        progress = {
+            "done": _number(progress, "done", 0, 10**18, integer=True),
+            "total": _number(progress, "total", 0, 10**18, integer=True),
+            "unit": _text(progress, "unit", 10, required=False),
+            "rate": _number(progress, "rate", 0, 10**15, required=False),
+            "eta": _number(progress, "eta", 0, 10**9, required=False),
+        }
+    log_tail = payload.get("log")
+    if log_tail is not None:
+        if not isinstance(log_tail, str):
+            raise ReportError("log must be text")
+        log_tail = log_tail[-8000:].replace("\x00", "")
     return {
         "operation": _number(payload, "operation", 1, 2**63 - 1, integer=True),
         "status": status,
         "message": _text(payload, "message", 2000, required=False),
         "result": result,
+        "progress": progress,
+        "log": log_tail,
     }
 
 
-CLEANERS = {"hardware": clean_hardware, "telemetry": clean_telemetry, "operation": clean_operation}
+def clean_model_files(payload):
+    """Model files on the rig's disk: `replace` (a scan), `upsert` (a download) or `remove` (a delete)."""
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    mode = payload.get("mode")
+    if mode not in ("replace", "upsert", "remove"):
+        raise ReportError(f"mode {mode!r} is not replace, upsert or remove")
+    files = []
+    for item in _list(payload, "files", max_len=10000):
+        if not isinstance(item, dict):
+            raise ReportError("each file must be an object")
+        path = _text(item, "path", 1000)
+        if not path.startswith("/") or "/../" in path or path.endswith("/.."):
+            raise ReportError(f"path {path!r} is not an absolute path")
+        facts = item.get("facts") or {}
+        if not isinstance(facts, dict):
+            raise ReportError("facts must be an object")
+        sha = _text(item, "sha256", 64, required=False)
+        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            raise ReportError("sha256 must be 64 hex characters")
+        shards = item.get("shard_paths") or []
+        if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
+            raise ReportError("shard_paths must be a list of paths")
+        files.append({
+            "path": path,
+            "size": _number(item, "size", 0, 10**15, integer=True, required=mode != "remove") or 0,
+            "sha256": sha,
+            "verified": item.get("verified") is True,
+            "repo_id": _text(item, "repo_id", 200, required=False),
+            "filename": _text(item, "filename", 300, required=False),
+            "facts": facts,
+            "facts_error": _text(item, "facts_error", 500, required=False),
+            "shard_paths": shards[:64],
+        })
+    model_file = payload.get("model_file")
+    if model_file is not None:
+        model_file = _number(payload, "model_file", 1, 2**63 - 1, integer=True)
+    return {"mode": mode, "files": files, "model_file": model_file}
+
+
+CLEANERS = {
+    "hardware": clean_hardware,
+    "telemetry": clean_telemetry,
+    "operation": clean_operation,
+    "model_files": clean_model_files,
+}

@@ -12,6 +12,7 @@ urlpatterns = [
     path("rigs/<slug:name>/operations/<slug:kind>/", views.node_operation, name="node_operation"),
     path("operations/", views.operation_list, name="operation_list"),
     path("operations/<int:pk>/", views.operation_detail, name="operation_detail"),
+    path("operations/<int:pk>/cancel/", views.operation_cancel, name="operation_cancel"),
     path("profiles/", views.profile_list, name="profile_list"),
     path("profiles/new/", views.profile_edit, name="profile_new"),
     path("profiles/<int:pk>/", views.profile_detail, name="profile_detail"),

@@ -5,6 +5,8 @@ from django.db.models import Prefetch
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
@@ -12,7 +14,7 @@ from nodes import charts
 from nodes.enrolment import agent_command, compose_service
 from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
 from nodes.models import GPU, HardwareProfile, Node, Operation, Part
-from nodes.operations import start_operation
+from nodes.operations import cancel_operation, start_operation
 from nodes.permissions import require_operator
 
 
@@ -23,9 +25,28 @@ def _nodes_for_dashboard():
     )
 
 
+# Built here, not as four template includes per GPU: at 200 rigs × 8 GPUs the includes were ~40% of each poll.
+_BAR = ('<div class="bar" title="{label}: {text}"><span class="bar-label">{label}</span><span class="bar-track">'
+        '<span class="bar-fill{level}" style="width: {pct}%"></span></span><span class="bar-text">{text}</span></div>')
+
+
+def gpu_bars_html(gpu):
+    """Utilisation, VRAM, temperature and power bars of one GPU card (labels are constants, text is escaped)."""
+    bars = (("util", gpu.util_percent, gpu.util_text), ("VRAM", gpu.vram_percent, gpu.vram_text),
+            ("temp", gpu.temp_percent, gpu.temp_text), ("power", gpu.power_percent, gpu.power_text))
+    return mark_safe("\n".join(
+        _BAR.format(label=label, pct=int(pct), text=escape(text),
+                    level=" hot" if pct >= 90 else " warm" if pct >= 75 else "")
+        for label, pct, text in bars
+    ))
+
+
 @login_required
 def dashboard(request):
     nodes = list(_nodes_for_dashboard())
+    for node in nodes:
+        for gpu in node.gpus.all():
+            gpu.bars_html = gpu_bars_html(gpu)
     context = {"nodes": nodes, "now": timezone.now()}
     if request.htmx:
         return render(request, "nodes/dashboard.html#cards", context)
@@ -103,7 +124,7 @@ def node_detail(request, name):
 def node_operation(request, name, kind):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
-    if kind not in dict(Operation.KIND_CHOICES):
+    if kind not in Operation.SIMPLE_KINDS:
         raise Http404("unknown operation")
     with transaction.atomic():
         operation = start_operation(node, kind, request.user)
@@ -198,3 +219,17 @@ def profile_edit(request, pk=None):
         formset = PartFormSet(instance=HardwareProfile(), initial=initial)
         formset.extra = len(initial) + 2
     return render(request, "nodes/profile_form.html", {"form": form, "formset": formset, "profile": profile})
+
+
+@login_required
+@require_POST
+def operation_cancel(request, pk):
+    require_operator(request)
+    operation = get_object_or_404(Operation.objects.select_related("node"), pk=pk)
+    if not operation.is_cancellable:
+        messages.error(request, f"Operation {pk} cannot be cancelled ({operation.status}).")
+    else:
+        with transaction.atomic():
+            cancel_operation(operation)
+        messages.info(request, "Cancel sent to the rig." if operation.status == Operation.RUNNING else "Cancelled.")
+    return redirect(operation)

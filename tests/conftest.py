@@ -32,14 +32,14 @@ def _no_stray_broker():
 @pytest.fixture
 def operator(db):
     user = User.objects.create_user("olga", password="operator-pass-1")
-    user.groups.add(Group.objects.get(name=OPERATORS_GROUP))
+    user.groups.add(Group.objects.get_or_create(name=OPERATORS_GROUP)[0])  # a transactional test may have flushed the seeded groups
     return user
 
 
 @pytest.fixture
 def viewer(db):
     user = User.objects.create_user("victor", password="viewer-pass-1")
-    user.groups.add(Group.objects.get(name=VIEWERS_GROUP))
+    user.groups.add(Group.objects.get_or_create(name=VIEWERS_GROUP)[0])
     return user
 
 
@@ -77,13 +77,23 @@ def redis_url(proc_dir):
 
 
 @pytest.fixture(scope="session")
-def worker_env(redis_url, django_db_setup, django_db_blocker):
+def hub(proc_dir):
+    """The Hugging Face Hub stand-in (tests/hubstub.py), shared by the panel processes and the agents."""
+    from tests.hubstub import Hub
+
+    server = Hub().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url, hub, django_db_setup, django_db_blocker):
     from django.db import connection
 
     db_url = harness.database_url(connection.settings_dict)
     point_celery_at(redis_url)
     yield harness.panel_env(redis_url, db_url, MORPHEUS_STATUS_CHECK_INTERVAL="0.5",
-                            MORPHEUS_OPERATION_PICKUP_TIMEOUT="20")
+                            MORPHEUS_OPERATION_PICKUP_TIMEOUT="20", HF_ENDPOINT=hub.url, MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL="1")
     point_celery_at("memory://")
 
 
@@ -104,9 +114,9 @@ class Rigs:
     def __init__(self, redis_url, root):
         self.redis_url, self.root, self.procs = redis_url, Path(root), []
 
-    def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True):
+    def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True, extra_env=None):
         proc = harness.agent(name, token, self.redis_url, self.root / name / "data", self.root,
-                             fake_nvml=fake_nvml, interval=interval)
+                             fake_nvml=fake_nvml, interval=interval, extra_env=extra_env)
         proc.start()
         self.procs.append(proc)
         if wait:
@@ -119,7 +129,37 @@ class Rigs:
 
 
 @pytest.fixture
-def rigs(panel_processes, redis_url, tmp_path, transactional_db):
+def panel(panel_processes, redis_url, worker_env, settings, transactional_db, django_db_serialized_rollback):
+    """The shared panel worker for one test; the seeded groups and template are restored for each test."""
+    # The web side stamps `expires` on operation messages: make it agree with the panel worker's timeout.
+    settings.OPERATION_PICKUP_TIMEOUT = int(worker_env["MORPHEUS_OPERATION_PICKUP_TIMEOUT"])
+    manager = harness.Panel(panel_processes["worker"], celery_app)
+    yield manager
+    # Handle what this test left in the panel queue before its rows are flushed, and drop rig messages.
+    manager.roundtrip(timeout=60)
+    harness.purge_rig_queues(redis_url)
+
+
+@pytest.fixture
+def rigs(panel, redis_url, tmp_path):
     manager = Rigs(redis_url, tmp_path)
     yield manager
     manager.stop_all()
+
+
+# --- browser fixtures (tests/test_browser.py): pytest-playwright driving Debian Chromium ---------------
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    # `playwright install` cannot download here; the Debian package's browser is the one we drive.
+    return {
+        **browser_type_launch_args,
+        "executable_path": "/usr/bin/chromium",
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    # Wide enough for two rig cards side by side, as on a provider's laptop.
+    return {**browser_context_args, "viewport": {"width": 1366, "height": 900}}

@@ -77,14 +77,20 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def wait_for_log(self, text, timeout=30):
-        return wait_until(lambda: text in self.log(), timeout=timeout, message=f"{text!r} in {self.name}'s log")
+    def wait_for_log(self, text, timeout=30, since=0):
+        """Wait for `text` in the log, looking only past `since` (a `mark()` taken earlier)."""
+        return wait_until(lambda: text in self.log(since), timeout=timeout,
+                          message=f"{text!r} in {self.name}'s log")
 
-    def log(self):
+    def log(self, since=0):
         try:
-            return self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")[since:]
         except FileNotFoundError:
             return ""
+
+    def mark(self):
+        """Where the log ends now, so a later wait sees only what came after."""
+        return len(self.log())
 
 
 def panel_env(redis_url, db_url, **extra):
@@ -125,3 +131,48 @@ def agent(name, token, redis_url, data_dir, log_dir, fake_nvml="nodriver", inter
     args = [sys.executable, "-m", "nodes.agent", "--broker", redis_url, "--node", name,
             "--data-dir", str(data_dir), "--interval", str(interval)]
     return Proc(f"agent-{name}", args, env, Path(log_dir) / f"agent-{name}.log")
+
+
+class Panel:
+    """The shared panel worker as a test sees it: send it tasks and wait until it has handled them."""
+
+    def __init__(self, worker, celery_app):
+        self.worker, self.app = worker, celery_app
+
+    def send(self, task, **kwargs):
+        return self.app.send_task(task, kwargs=kwargs, queue="panel").id
+
+    def report(self, node, token, kind, payload):
+        """A `panel.report` as an agent (or a forger) sends it; returns the task id."""
+        return self.send("panel.report", node=node, token=token, kind=kind, payload=payload, sent_at=time.time())
+
+    def wait_done(self, task, task_id, timeout=30):
+        """Wait until the worker finished task `task_id`; returns its log line (with the return value)."""
+        prefix = f"Task {task}[{task_id}] "
+
+        def finished():
+            # Celery logs "received" when it takes the task, then "succeeded in …: <result>" or "raised …".
+            return next((line for line in self.worker.log().splitlines()
+                         if prefix in line and f"{prefix}received" not in line), None)
+
+        line = wait_until(finished, timeout=timeout, message=f"{task}[{task_id}] to finish in the panel worker")
+        assert f"{prefix}succeeded" in line, line
+        return line
+
+    def roundtrip(self, timeout=30):
+        """The worker takes its queue in order: once this is done, everything sent before it is handled."""
+        task_id = self.send("panel.check_node_status")
+        self.wait_done("panel.check_node_status", task_id, timeout=timeout)
+
+
+def purge_rig_queues(redis_url):
+    """Drop messages left in rig queues (`node.<name>`) so the next test's agents do not receive them."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match="node.*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

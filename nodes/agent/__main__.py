@@ -11,7 +11,8 @@ def main(argv=None):
     parser.add_argument("--node", default=os.environ.get("MORPHEUS_NODE"), help="rig name from the panel")
     parser.add_argument("--data-dir", default=os.environ.get("MORPHEUS_AGENT_DATA_DIR"), help="state and models")
     parser.add_argument("--interval", default=os.environ.get("MORPHEUS_TELEMETRY_INTERVAL"), help="seconds")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="worker threads (default: max downloads + 4, so pings never wait behind downloads)")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
     for key, value in (
@@ -39,7 +40,7 @@ def main(argv=None):
             "--queues", node_queue(config.node),
             "--hostname", f"{config.node}@%h",
             "--pool", "threads",
-            "--concurrency", str(args.concurrency),
+            "--concurrency", str(args.concurrency or config.max_downloads + 4),
             "--without-gossip",
             "--without-mingle",
             "--loglevel", args.loglevel,

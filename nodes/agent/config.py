@@ -18,8 +18,29 @@ class AgentConfig:
     token: str
     data_dir: Path
     telemetry_interval: float = 5.0
+    max_downloads: int = 2
+    disk_margin: int = 1 << 30
+    extra_model_dirs: tuple = ()
+
+    @property
+    def models_dir(self):
+        return Path(self.data_dir) / "models"
+
+    @property
+    def state_dir(self):
+        return Path(self.data_dir) / "state"
+
+    @property
+    def model_dirs(self):
+        """Where GGUF files may live: the agent's own folder plus any the provider already had (the seed's models/)."""
+        return (self.models_dir, *self.extra_model_dirs)
 
     def __post_init__(self):
+        if not 1 <= self.max_downloads <= 16:
+            raise AgentConfigError("MORPHEUS_MAX_DOWNLOADS must be between 1 and 16")
+        for folder in self.extra_model_dirs:
+            if not Path(folder).is_absolute():
+                raise AgentConfigError(f"model folder {folder!r} must be an absolute path")
         if not self.broker_url.startswith(("redis://", "rediss://", "valkey://", "unix://")):
             raise AgentConfigError("broker URL must be a redis:// or rediss:// URL")
         if not NODE_NAME_RE.match(self.node or ""):
@@ -36,7 +57,16 @@ class AgentConfig:
             interval = float(env.get("MORPHEUS_TELEMETRY_INTERVAL", "5"))
         except ValueError:
             raise AgentConfigError("MORPHEUS_TELEMETRY_INTERVAL must be a number of seconds") from None
+        try:
+            max_downloads = int(env.get("MORPHEUS_MAX_DOWNLOADS", "2"))
+            disk_margin = int(env.get("MORPHEUS_DOWNLOAD_DISK_MARGIN_MB", "1024")) * 1024 * 1024
+        except ValueError:
+            raise AgentConfigError("MORPHEUS_MAX_DOWNLOADS and MORPHEUS_DOWNLOAD_DISK_MARGIN_MB must be integers") from None
+        extra = tuple(Path(p) for p in env.get("MORPHEUS_AGENT_MODEL_DIRS", "").split(":") if p.strip())
         return cls(
+            max_downloads=max_downloads,
+            disk_margin=max(0, disk_margin),
+            extra_model_dirs=extra,
             broker_url=env.get("MORPHEUS_BROKER_URL", ""),
             node=env.get("MORPHEUS_NODE", ""),
             token=env.get("MORPHEUS_NODE_TOKEN", ""),

@@ -8,12 +8,17 @@ REPORT_TASK = "panel.report"
 # Tasks the panel sends to a rig's own queue.
 AGENT_REFRESH_HARDWARE = "agent.refresh_hardware"
 AGENT_PING = "agent.ping"
+AGENT_DOWNLOAD_MODEL = "agent.download_model"
+AGENT_SCAN_MODELS = "agent.scan_models"
+AGENT_DELETE_MODEL_FILE = "agent.delete_model_file"
+AGENT_CANCEL = "agent.cancel"
 
 # Report kinds an agent sends back.
 HARDWARE = "hardware"
 TELEMETRY = "telemetry"
 OPERATION = "operation"
-REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION)
+MODEL_FILES = "model_files"
+REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION, MODEL_FILES)
 
 NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 PROTOCOL_VERSION = 1

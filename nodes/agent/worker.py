@@ -18,7 +18,8 @@ log = logging.getLogger("morpheus.agent")
 
 config = AgentConfig.from_env()
 
-app = Celery("morpheus_agent", broker=config.broker_url)
+# No fixups: Celery's Django fixup would load the panel's settings wherever DJANGO_SETTINGS_MODULE is set.
+app = Celery("morpheus_agent", broker=config.broker_url, fixups=[])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -43,6 +44,8 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
+        self._booted = False
+        self._resumed = False
 
     def send(self, kind, payload, expires=None):
         app.send_task(
@@ -58,10 +61,14 @@ class Agent:
             expires=expires,
         )
 
-    def publish_hardware(self):
+    def publish_hardware(self, boot=False):
         profile = probe_hardware(self.cfg.data_dir)
         profile["telemetry_interval"] = self.cfg.telemetry_interval
         profile["protocol"] = protocol.PROTOCOL_VERSION
+        if boot:
+            # The panel fails running operations this agent did not take back after a restart.
+            profile["boot"] = True
+            profile["in_flight"] = in_flight_operations()
         self.send(protocol.HARDWARE, profile, expires=3600)
         return profile
 
@@ -73,8 +80,12 @@ class Agent:
         # A reading older than a few intervals is worthless to the panel: let the broker drop it.
         self.send(protocol.TELEMETRY, snapshot, expires=max(10.0, 3 * self.cfg.telemetry_interval))
 
-    def operation(self, operation_id, status, message="", result=None):
+    def operation(self, operation_id, status, message="", result=None, progress=None, log_tail=None):
         payload = {"operation": operation_id, "status": status, "message": message, "result": result or {}}
+        if progress is not None:
+            payload["progress"] = progress
+        if log_tail is not None:
+            payload["log"] = log_tail
         self.send(protocol.OPERATION, payload)
 
     def start_sampler(self):
@@ -89,7 +100,8 @@ class Agent:
 
     def _run_sampler(self):
         try:
-            self.publish_hardware()
+            self.publish_hardware(boot=not self._booted)
+            self._booted = True
         except Exception:
             log.exception("hardware report failed")
         while not self._stop.is_set():
@@ -115,6 +127,9 @@ class TelemetryStep(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, c):
+        if not agent._resumed:
+            agent._resumed = True
+            resume_downloads()
         agent.start_sampler()
         self.tref = c.timer.call_repeatedly(agent.cfg.telemetry_interval, agent.publish_telemetry)
         log.info("rig %s reporting telemetry every %ss", agent.cfg.node, agent.cfg.telemetry_interval)
@@ -148,3 +163,144 @@ def refresh_hardware(operation_id):
         raise
     gpus = len(profile["gpus"])
     agent.operation(operation_id, "succeeded", f"{gpus} GPU{'s' if gpus != 1 else ''} detected", {"gpus": gpus})
+
+
+# --- model files -------------------------------------------------------------------------------------
+from .downloader import DownloadCancelled, DownloadError, Downloader, DownloadRequest  # noqa: E402
+from .modelfiles import Manifest, ModelFileError, delete as delete_model_path, describe, scan  # noqa: E402
+from .validation import InvalidValue  # noqa: E402
+
+downloader = Downloader(config.models_dir, config.state_dir, max_concurrent=config.max_downloads,
+                        disk_margin=config.disk_margin)
+manifest = Manifest(config.state_dir)
+_active = set()
+_active_lock = threading.Lock()
+
+
+def _done_marker(operation_id):
+    return config.state_dir / "done" / str(int(operation_id))
+
+
+def _claim(operation_id):
+    """One run per operation: not if it finished before (a redelivered message), not twice at once."""
+    with _active_lock:
+        if operation_id in _active or _done_marker(operation_id).exists():
+            return False
+        _active.add(operation_id)
+        return True
+
+
+def _release(operation_id, finished=True):
+    with _active_lock:
+        _active.discard(operation_id)
+    if finished:
+        marker = _done_marker(operation_id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+
+def run_download(operation_id, request_data, model_file=None, resumed=False):
+    if not _claim(operation_id):
+        log.info("download %s already handled; ignoring this copy", operation_id)
+        return
+    try:
+        try:
+            request = DownloadRequest(**request_data)
+        except (InvalidValue, TypeError) as exc:
+            agent.operation(operation_id, "failed", f"refused: {exc}")
+            return
+        names = ", ".join(f.filename for f in request.files)
+        agent.operation(operation_id, "running",
+                        f"agent restarted; resuming {names}" if resumed else f"downloading {names}")
+
+        def progress(p):
+            agent.operation(operation_id, "running", progress=p)
+
+        def waiting():
+            agent.operation(operation_id, "running",
+                            f"waiting for a download slot ({config.max_downloads} at a time on this rig)")
+
+        result = downloader.download(operation_id, request, progress=progress, on_wait=waiting,
+                                     extra={"model_file": model_file})
+        first = result["files"][0]
+        for item in result["files"]:
+            if item["verified"] and not item["already_present"]:
+                manifest.record(item["path"], item["sha256"])
+        entry = describe(first["path"], manifest, request.repo_id, first["filename"])
+        entry["verified"] = all(item["verified"] for item in result["files"])
+        entry["sha256"] = first["sha256"] if len(result["files"]) == 1 else ""
+        agent.send(protocol.MODEL_FILES, {"mode": "upsert", "model_file": model_file, "files": [entry]})
+        total = sum(item["size"] for item in result["files"])
+        verb = "already on the rig" if all(i["already_present"] for i in result["files"]) else "downloaded"
+        agent.operation(operation_id, "succeeded",
+                        f"{verb}: {names} ({total / 1024**3:.2f} GiB, sha256 {'verified' if entry['verified'] else 'not checked'})",
+                        {k: result[k] for k in ("bytes_fetched", "resumed_from", "seconds", "commit")},
+                        progress={"done": total, "total": total, "unit": "B"})
+    except DownloadCancelled as exc:
+        agent.operation(operation_id, "cancelled", str(exc))
+    except DownloadError as exc:
+        agent.operation(operation_id, "failed", str(exc))
+    except Exception as exc:
+        log.exception("download %s failed", operation_id)
+        agent.operation(operation_id, "failed", f"unexpected error on the rig: {type(exc).__name__}: {exc}")
+    finally:
+        _release(operation_id)
+
+
+def resume_downloads():
+    """Downloads the journal says were in flight when this agent last stopped: continue them."""
+    for entry in downloader.in_flight():
+        operation_id = entry["operation"]
+        model_file = (entry.get("extra") or {}).get("model_file")
+        threading.Thread(target=run_download, args=(operation_id, entry["request"], model_file, True),
+                         name=f"resume-{operation_id}", daemon=True).start()
+
+
+def in_flight_operations():
+    return [entry["operation"] for entry in downloader.in_flight()]
+
+
+# Downloads run for hours: no soft/hard limit, and a redelivered copy returns early (_claim).
+@app.task(name=protocol.AGENT_DOWNLOAD_MODEL, soft_time_limit=None, time_limit=None)
+def download_model(operation_id, request, model_file=None):
+    run_download(operation_id, request, model_file)
+
+
+@app.task(name=protocol.AGENT_CANCEL)
+def cancel(operation_id):
+    downloader.cancel(operation_id)
+
+
+@app.task(name=protocol.AGENT_SCAN_MODELS, soft_time_limit=600, time_limit=900)
+def scan_models(operation_id):
+    if not _claim(operation_id):
+        return
+    try:
+        agent.operation(operation_id, "running", "scanning " + ", ".join(str(d) for d in config.model_dirs))
+        files = scan(config.model_dirs, manifest)
+        agent.send(protocol.MODEL_FILES, {"mode": "replace", "files": files})
+        agent.operation(operation_id, "succeeded", f"{len(files)} GGUF model{'s' if len(files) != 1 else ''} found",
+                        {"count": len(files)})
+    except Exception as exc:
+        log.exception("scan failed")
+        agent.operation(operation_id, "failed", f"scan failed: {exc}")
+    finally:
+        _release(operation_id)
+
+
+@app.task(name=protocol.AGENT_DELETE_MODEL_FILE)
+def delete_model_file(operation_id, path):
+    if not _claim(operation_id):
+        return
+    try:
+        removed = delete_model_path(path, config.model_dirs, manifest)
+        agent.send(protocol.MODEL_FILES, {"mode": "remove", "files": [{"path": path}]})
+        agent.operation(operation_id, "succeeded",
+                        f"deleted {len(removed)} file{'s' if len(removed) != 1 else ''}" if removed else "already gone",
+                        {"removed": removed})
+    except ModelFileError as exc:
+        agent.operation(operation_id, "failed", str(exc))
+    except OSError as exc:
+        agent.operation(operation_id, "failed", f"could not delete {path}: {exc.strerror}")
+    finally:
+        _release(operation_id)

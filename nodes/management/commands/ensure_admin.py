@@ -17,7 +17,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         User = get_user_model()
         username = os.environ.get("MORPHEUS_ADMIN_USER", "admin")
-        password = os.environ.get("MORPHEUS_ADMIN_PASSWORD")
+        # An empty value (a blank line in an env file) means "not set", not an empty password.
+        password = os.environ.get("MORPHEUS_ADMIN_PASSWORD") or None
         user = User.objects.filter(username=username).first()
         operators, _ = Group.objects.get_or_create(name=OPERATORS_GROUP)
         if user is not None:

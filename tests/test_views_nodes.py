@@ -1,0 +1,289 @@
+"""The dashboard, adding a rig, its page, rotating its token and removing it."""
+
+import html
+import re
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from nodes.ingest import handle_report
+from nodes.models import HardwareProfile, Node
+from tests.conftest import make_node
+from tests.test_reports import hardware, telemetry
+
+pytestmark = pytest.mark.django_db
+
+SEED_TEMPLATE = "Seed sample build: 2x RTX 3090"
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # The real hasher costs ~0.2 s per test user; these tests log in with force_login anyway.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def page(response):
+    return html.unescape(response.content.decode())
+
+
+def token_on(response):
+    found = re.search(r"MORPHEUS_NODE_TOKEN=([A-Za-z0-9_-]+)", page(response))
+    assert found, "no agent command on the page"
+    return found.group(1)
+
+
+def reporting(name, gpu_count=2, **changes):
+    """A rig whose agent has sent its hardware and one reading just now."""
+    node, token = make_node(name)
+    now = timezone.now()
+    assert handle_report(name, token, "hardware", hardware(gpu_count=gpu_count, **changes), now=now) is None
+    assert handle_report(name, token, "telemetry", telemetry(gpu_count=gpu_count, at=now.timestamp()), now=now) is None
+    node.refresh_from_db()
+    return node, token
+
+
+# --- who may see and do what ---------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["/", "/rigs/add/", "/rigs/alpha/", "/rigs/alpha/delete/"])
+def test_it_sends_anonymous_visitors_to_the_login_page(client, url):
+    make_node("alpha")
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith(f"{reverse('login')}?next=")
+
+
+@pytest.mark.parametrize("url", ["/rigs/add/", "/rigs/alpha/rotate-token/", "/rigs/alpha/delete/",
+                                 "/rigs/alpha/profile/"])
+def test_it_sends_anonymous_posts_to_the_login_page_and_changes_nothing(client, url):
+    node, token = make_node("alpha")
+    response = client.post(url, {"name": "sneaky", "profile": ""})
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+    assert list(Node.objects.values_list("name", flat=True)) == ["alpha"]
+    assert Node.objects.get(pk=node.pk).check_token(token)
+
+
+def test_it_shows_a_viewer_the_rigs_without_any_action(viewer_client):
+    reporting("alpha")
+    content = page(viewer_client.get("/"))
+    assert 'id="rig-alpha"' in content
+    assert "viewer" in content
+    for action in ("Add rig", "Add your first rig", reverse("node_add")):
+        assert action not in content
+
+
+def test_it_shows_a_viewer_a_rig_page_without_any_action(viewer_client):
+    node, _token = reporting("alpha")
+    response = viewer_client.get(node.get_absolute_url())
+    assert response.status_code == 200
+    content = page(response)
+    assert "NVIDIA GeForce RTX 3090" in content
+    for action in ("Refresh hardware", "Ping agent", "Rotate token", "Remove rig", "Attach", "<form method=\"post\" action=\"/rigs/"):
+        assert action not in content
+
+
+def test_it_refuses_a_viewers_forged_posts_and_changes_nothing(viewer_client):
+    node, token = make_node("alpha")
+    template = HardwareProfile.objects.get(name=SEED_TEMPLATE)
+    attempts = [
+        ("/rigs/add/", {"name": "sneaky"}),
+        ("/rigs/alpha/rotate-token/", {}),
+        ("/rigs/alpha/delete/", {}),
+        ("/rigs/alpha/profile/", {"profile": template.pk}),
+    ]
+    before = list(Node.objects.values())
+    for url, data in attempts:
+        assert viewer_client.post(url, data).status_code == 403, url
+    assert list(Node.objects.values()) == before
+    assert Node.objects.get(pk=node.pk).check_token(token)
+
+
+def test_it_refuses_a_viewer_the_add_and_delete_pages(viewer_client):
+    make_node("alpha")
+    assert viewer_client.get("/rigs/add/").status_code == 403
+    assert viewer_client.get("/rigs/alpha/delete/").status_code == 403
+
+
+# --- dashboard -----------------------------------------------------------------------------------
+def test_it_shows_an_operator_a_card_per_rig_with_gpu_bars(operator_client):
+    reporting("alpha")
+    make_node("beta")
+    content = page(operator_client.get("/"))
+    assert "Add rig" in content
+    alpha = content[content.index('id="rig-alpha"'):content.index('id="rig-beta"')]
+    assert 'data-status="online"' in alpha
+    assert alpha.count('class="gpu"') == 2
+    for label in ("util", "VRAM", "temp", "power"):
+        assert f'<span class="bar-label">{label}</span>' in alpha
+    assert "87%" in alpha and "20.0 / 24 GiB" in alpha and "71 °C" in alpha and "302 / 350 W" in alpha
+    beta = content[content.index('id="rig-beta"'):]
+    assert "waiting for its agent" in beta
+
+
+def test_it_keeps_an_offline_rig_on_the_dashboard_marked_offline(operator_client):
+    node, _token = reporting("alpha")
+    Node.objects.filter(pk=node.pk).update(last_seen=timezone.now() - timedelta(hours=1))
+    content = page(operator_client.get("/"))
+    assert 'id="rig-alpha"' in content
+    assert 'data-status="offline"' in content
+
+
+def test_it_answers_the_dashboards_poll_with_just_the_cards(operator_client):
+    reporting("alpha")
+    response = operator_client.get("/", **HTMX)
+    content = page(response)
+    assert response.status_code == 200
+    assert content.lstrip().startswith('<article class="card')
+    assert 'id="rig-alpha"' in content
+    for outside in ("<html", "<header class=\"top\"", "Add rig", "hx-get"):
+        assert outside not in content
+
+
+def test_it_says_when_an_agent_reports_with_a_rejected_token(operator_client):
+    reporting("alpha")
+    handle_report("alpha", "stale-token-" + "x" * 30, "telemetry", telemetry(), now=timezone.now() + timedelta(seconds=1))
+    assert "agent token rejected" in page(operator_client.get("/"))
+    assert "agent token rejected" in page(operator_client.get("/rigs/alpha/"))
+
+
+# --- adding a rig --------------------------------------------------------------------------------
+def test_it_adds_a_rig_and_shows_its_agent_command_once(operator_client):
+    assert operator_client.get("/rigs/add/").status_code == 200
+    response = operator_client.post("/rigs/add/", {"name": "rig-01", "notes": "garage, left shelf"})
+    assert response.status_code == 200
+    node = Node.objects.get(name="rig-01")
+    assert node.notes == "garage, left shelf"
+
+    content = page(response)
+    token = token_on(response)
+    assert node.check_token(token)
+    assert f"MORPHEUS_NODE_TOKEN={token} python -m nodes.agent --broker redis://" in content
+    assert "--node rig-01 --data-dir" in content
+    compose = content[content.index('id="compose-service"'):]
+    assert "agent-rig-01:" in compose
+    assert f'MORPHEUS_NODE_TOKEN: "{token}"' in compose
+    assert "driver: nvidia" in compose and "capabilities: [gpu]" in compose
+
+    for later in ("/rigs/rig-01/", "/", "/rigs/rig-01/delete/"):
+        assert token not in page(operator_client.get(later)), later
+
+
+@pytest.mark.parametrize("name", ["Bad Name!", "rig_01", "-rig", "rig-", "Rig-01", "r" * 41, ""])
+def test_it_refuses_a_rig_name_that_is_not_a_slug(operator_client, name):
+    response = operator_client.post("/rigs/add/", {"name": name, "notes": ""})
+    assert response.status_code == 200
+    assert response.context["form"].errors["name"]
+    assert "MORPHEUS_NODE_TOKEN" not in page(response)
+    assert not Node.objects.exists()
+
+
+def test_it_refuses_a_rig_name_already_taken(operator_client):
+    node, token = make_node("alpha")
+    response = operator_client.post("/rigs/add/", {"name": "alpha", "notes": "again"})
+    assert response.status_code == 200
+    assert "already exists" in str(response.context["form"].errors["name"])
+    assert Node.objects.count() == 1
+    node.refresh_from_db()
+    assert node.notes == "" and node.check_token(token)
+
+
+# --- the rig page --------------------------------------------------------------------------------
+def test_it_shows_the_detected_hardware_on_the_rig_page(operator_client):
+    reporting("alpha")
+    content = page(operator_client.get("/rigs/alpha/"))
+    assert "13th Gen Intel(R) Core(TM) i7-13700K (16 cores / 24 threads)" in content
+    assert "driver 550.54.14 · CUDA 12.4" in content
+    assert content.count("NVIDIA GeForce RTX 3090</td>") == 2
+    assert "gen 4 x16" in content and "8.6" in content and "GPU-00000001" in content
+    assert 'id="rig-status">online' in content
+    assert content.count('class="gpu-charts"') == 2
+    for action in ("Refresh hardware", "Ping agent", "Rotate token", "Remove rig"):
+        assert action in content
+
+
+def test_it_explains_a_rig_without_gpus(operator_client):
+    reporting("alpha", gpu_count=0, driver_version=None, cuda_version=None,
+              gpu_note="no NVIDIA driver (NVML Shared Library Not Found)")
+    content = page(operator_client.get("/rigs/alpha/"))
+    assert "No GPUs: no NVIDIA driver (NVML Shared Library Not Found)" in content
+    assert "no GPUs — no NVIDIA driver" in page(operator_client.get("/"))
+
+
+def test_it_answers_the_rig_pages_poll_with_just_the_live_part(operator_client):
+    reporting("alpha")
+    content = page(operator_client.get("/rigs/alpha/", **HTMX))
+    assert 'id="rig-status"' in content
+    assert "<html" not in content and "Rotate token" not in content
+
+
+def test_it_sets_the_planned_build_beside_what_was_detected(operator_client):
+    reporting("alpha", gpu_count=1)
+    template = HardwareProfile.objects.get(name=SEED_TEMPLATE)
+    response = operator_client.post("/rigs/alpha/profile/", {"profile": template.pk})
+    assert response.status_code == 302 and response["Location"] == "/rigs/alpha/"
+    assert Node.objects.get(name="alpha").profile == template
+
+    content = page(operator_client.get("/rigs/alpha/"))
+    assert SEED_TEMPLATE in content
+    assert "$4,500.00" in content
+    mismatches = content[content.index('id="mismatches"'):]
+    assert "planned 2 GPUs, detected 1" in mismatches
+
+
+def test_it_says_when_the_detected_hardware_matches_the_plan(operator_client):
+    reporting("alpha", gpu_count=2)
+    Node.objects.filter(name="alpha").update(profile=HardwareProfile.objects.get(name=SEED_TEMPLATE))
+    content = page(operator_client.get("/rigs/alpha/"))
+    assert "Detected hardware matches the plan." in content
+    assert 'id="mismatches"' not in content
+
+
+def test_it_detaches_a_planned_build(operator_client):
+    node, _token = make_node("alpha", profile=HardwareProfile.objects.get(name=SEED_TEMPLATE))
+    operator_client.post("/rigs/alpha/profile/", {"profile": ""})
+    node.refresh_from_db()
+    assert node.profile is None
+
+
+def test_it_answers_404_for_a_rig_that_does_not_exist(operator_client):
+    assert operator_client.get("/rigs/ghost/").status_code == 404
+    assert operator_client.post("/rigs/ghost/rotate-token/").status_code == 404
+
+
+# --- rotating the token --------------------------------------------------------------------------
+def test_it_rotates_the_token_and_the_old_one_stops_working(operator_client):
+    node, old = reporting("alpha")
+    assert operator_client.get("/rigs/alpha/rotate-token/").status_code == 405  # a link cannot rotate it
+
+    response = operator_client.post("/rigs/alpha/rotate-token/")
+    assert response.status_code == 200
+    new = token_on(response)
+    assert new != old
+    assert "The old token no longer works" in page(response)
+    assert f'MORPHEUS_NODE_TOKEN: "{new}"' in page(response)
+
+    node.refresh_from_db()
+    assert node.check_token(new) and not node.check_token(old)
+    assert "token does not match" in handle_report("alpha", old, "telemetry", telemetry(), now=timezone.now())
+    assert handle_report("alpha", new, "telemetry", telemetry(at=timezone.now().timestamp())) is None
+    assert new not in page(operator_client.get("/rigs/alpha/"))
+
+
+# --- removing a rig ------------------------------------------------------------------------------
+def test_it_asks_before_removing_a_rig(operator_client):
+    make_node("alpha")
+    response = operator_client.get("/rigs/alpha/delete/")
+    assert response.status_code == 200
+    assert "Remove rig alpha?" in page(response)
+    assert Node.objects.filter(name="alpha").exists()
+
+
+def test_it_removes_a_rig_and_rejects_its_agent_afterwards(operator_client):
+    _node, token = reporting("alpha")
+    response = operator_client.post("/rigs/alpha/delete/", follow=True)
+    assert response.redirect_chain == [("/", 302)]
+    assert "Rig alpha removed" in page(response)
+    assert not Node.objects.filter(name="alpha").exists()
+    assert handle_report("alpha", token, "telemetry", telemetry()) == "unknown rig"
