@@ -3,7 +3,7 @@
 import logging
 from datetime import datetime, timedelta, timezone as dt_timezone
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from nodes.agent.protocol import NODE_NAME_RE
@@ -121,20 +121,37 @@ def apply_telemetry(rig, reading, now):
         gpu = gpus.get(data["index"])
         if gpu is None:  # telemetry raced ahead of the hardware report; the next one will land
             continue
-        gpu.reading_at = at
-        for key in ("util", "vram_used", "temp_c", "power_w", "fan", "sm_clock"):
-            setattr(gpu, key, data[key])
-        changed.append(gpu)
+        changed.append((gpu.pk, data))
         samples.append(GpuSample(gpu=gpu, minute=minute, util=data["util"], vram_used=data["vram_used"],
                                  temp_c=data["temp_c"], power_w=data["power_w"]))
     if changed:
-        GPU.objects.bulk_update(changed, ["reading_at", "util", "vram_used", "temp_c", "power_w", "fan", "sm_clock"])
+        _update_latest_readings(changed, at)
         GpuSample.objects.bulk_create(
             samples,
             update_conflicts=True,
             unique_fields=["gpu", "minute"],
             update_fields=["util", "vram_used", "temp_c", "power_w"],
         )
+
+
+LATEST_READING_FIELDS = ("util", "vram_used", "temp_c", "power_w", "fan", "sm_clock")
+
+
+def _update_latest_readings(changed, at):
+    """Overwrite each GPU's latest reading unless a newer one is stored (workers may apply reports out of order).
+
+    One executemany instead of bulk_update: building bulk_update's CASE/WHEN took ~10 ms per 8-GPU report,
+    five times the rest of the ingest (bench/ingest.py).
+    """
+    qn = connection.ops.quote_name
+    column = {name: qn(GPU._meta.get_field(name).column) for name in ("id", "reading_at", *LATEST_READING_FIELDS)}
+    assignments = ", ".join(f"{column[name]} = %s" for name in ("reading_at", *LATEST_READING_FIELDS))
+    sql = (f"UPDATE {qn(GPU._meta.db_table)} SET {assignments} WHERE {column['id']} = %s"
+           f" AND ({column['reading_at']} IS NULL OR {column['reading_at']} <= %s)")
+    stamp = GPU._meta.get_field("reading_at").get_db_prep_value(at, connection)
+    rows = [(stamp, *(data[name] for name in LATEST_READING_FIELDS), pk, stamp) for pk, data in changed]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def mark_interrupted(rig, in_flight, now):

@@ -201,6 +201,7 @@ MALFORMED = [
     ("hardware", hardware(gpu_count=65), "more than 64"),
     ("hardware", hardware(cpu_cores_logical=True), "must be a number, got bool"),
     ("hardware", "not a dict", "payload must be an object"),
+    ("hardware", with_gpu(hardware(), name="RTX\x003090"), "name contains a NUL"),
     ("telemetry", with_gpu(telemetry(), temp_c=10_000), "temp_c=10000 is outside"),
     ("telemetry", with_gpu(telemetry(), util=float("nan")), "util is not finite"),
     ("telemetry", with_gpu(telemetry(), util=False), "util must be a number, got bool"),

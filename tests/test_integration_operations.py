@@ -42,7 +42,7 @@ def test_it_runs_an_operation_for_alpha_on_alpha_and_never_on_beta(rigs, operato
     alpha_agent = rigs.start("alpha", alpha_token, fake_nvml="2x3090")
 
     ping = finished(ping)
-    assert (ping.status, ping.message, ping.result["node"]) == (Operation.SUCCEEDED, "agent answered", "alpha")
+    assert (ping.status, ping.message, ping.result.get("node")) == (Operation.SUCCEEDED, "agent answered", "alpha")
     assert ping.created <= ping.started <= ping.finished
     response = poll(operator_client, ping)
     assert response.status_code == 286
@@ -54,7 +54,7 @@ def test_it_runs_an_operation_for_alpha_on_alpha_and_never_on_beta(rigs, operato
     assert Node.objects.get(name="alpha").hardware_at > hardware_before
 
     beta_ping = finished(ask(operator_client, "beta", "ping"))
-    assert (beta_ping.status, beta_ping.result["node"]) == (Operation.SUCCEEDED, "beta")
+    assert (beta_ping.status, beta_ping.result.get("node")) == (Operation.SUCCEEDED, "beta")
 
     # Each agent ran exactly the work sent to its own rig.
     assert (tasks_received(alpha_agent, "agent.ping"), tasks_received(alpha_agent, "agent.refresh_hardware")) == (1, 1)

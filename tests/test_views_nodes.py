@@ -80,7 +80,8 @@ def test_it_shows_a_viewer_a_rig_page_without_any_action(viewer_client):
     assert response.status_code == 200
     content = page(response)
     assert "NVIDIA GeForce RTX 3090" in content
-    for action in ("Refresh hardware", "Ping agent", "Rotate token", "Remove rig", "Attach", "<form method=\"post\" action=\"/rigs/"):
+    for action in ("Refresh hardware", "Ping agent", "Rotate token", "Remove rig", "Attach",
+                   '<form method="post" action="/rigs/'):
         assert action not in content
 
 
@@ -135,15 +136,15 @@ def test_it_answers_the_dashboards_poll_with_just_the_cards(operator_client):
     response = operator_client.get("/", **HTMX)
     content = page(response)
     assert response.status_code == 200
-    assert content.lstrip().startswith('<article class="card')
     assert 'id="rig-alpha"' in content
-    for outside in ("<html", "<header class=\"top\"", "Add rig", "hx-get"):
+    for outside in ("<html", "<header class=\"top\"", "Add rig", 'id="rig-cards"'):
         assert outside not in content
 
 
 def test_it_says_when_an_agent_reports_with_a_rejected_token(operator_client):
     reporting("alpha")
-    handle_report("alpha", "stale-token-" + "x" * 30, "telemetry", telemetry(), now=timezone.now() + timedelta(seconds=1))
+    later = timezone.now() + timedelta(seconds=1)
+    handle_report("alpha", "stale-token-" + "x" * 30, "telemetry", telemetry(), now=later)
     assert "agent token rejected" in page(operator_client.get("/"))
     assert "agent token rejected" in page(operator_client.get("/rigs/alpha/"))
 
