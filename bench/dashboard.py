@@ -9,6 +9,7 @@ Rows are created directly in a throwaway SQLite database (or --database-url, whi
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import shutil
 import statistics
@@ -137,7 +138,8 @@ def main(argv=None):
         from django.utils import timezone
 
         print(f"database: {connection.vendor}; {GPUS_PER_RIG} GPUs per rig; {args.renders} renders per figure; "
-              f"DEBUG off; server time = Django test Client round trip (middleware + view + template)")
+              f"DEBUG off; server time = Django test Client round trip (middleware + view + template); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         client = operator_client()
         results, made = {}, 0
         for size in sizes:

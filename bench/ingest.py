@@ -72,16 +72,29 @@ def in_process(tokens, rounds):
     from nodes import ingest
 
     batch = list(reports(tokens, rounds))
+    cpu_before = time.process_time()
     start = time.perf_counter()
     for report in batch:
         reason = ingest.handle_report(**report)
         assert reason is None, reason
     elapsed = time.perf_counter() - start
-    return len(batch), elapsed
+    return len(batch), elapsed, time.process_time() - cpu_before
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process and its children so far (contention-proof, unlike wall time)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for each in [proc, *proc.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def end_to_end(tokens, rounds, pool, workdir, database_url):
-    """Send through Redis to a real panel worker; returns (reports, seconds, send seconds, worker log)."""
+    """Send through Redis to a real panel worker; returns (reports, seconds, send seconds, worker CPU s, log)."""
     from celery import Celery
     from morpheus_admin import localredis
     from nodes.agent import protocol
@@ -107,6 +120,7 @@ def end_to_end(tokens, rounds, pool, workdir, database_url):
         sender.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
         client = sender.connection_for_write().default_channel.client
         batch = list(reports(tokens, rounds))
+        cpu_before = cpu_seconds(worker.pid)
         start = time.perf_counter()
         with sender.producer_or_acquire() as producer:
             for report in batch:
@@ -119,8 +133,9 @@ def end_to_end(tokens, rounds, pool, workdir, database_url):
 
         wait_for(drained, 600, "the panel queue to drain", worker, interval=0.05)
         elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(worker.pid) - cpu_before
         sender.close()
-        return len(batch), elapsed, sent, log_path.read_text(errors="replace")
+        return len(batch), elapsed, sent, cpu, log_path.read_text(errors="replace")
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)
@@ -183,15 +198,17 @@ def main(argv=None):
         total = args.rigs * GPUS_PER_RIG * args.rounds
         print(f"database: {connection.vendor}; {args.rigs} rigs × {GPUS_PER_RIG} GPUs × {args.rounds} rounds = "
               f"{total:,} GPU samples ({args.rigs * args.rounds:,} telemetry reports); target {TARGET:,}/s; "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
         print(f"\n{'measurement':<34} {'reports':>7} {'samples':>8} {'seconds':>8} {'samples/s':>10} {'vs tgt':>8}"
               f"  {'rep/s':>7}")
         if not args.skip_inprocess:
             fresh_database(args, "inprocess")
             tokens = enrol(args.rigs)
-            done, seconds = in_process(tokens, args.rounds)
+            done, seconds, cpu = in_process(tokens, args.rounds)
             wrong = check_applied(tokens, args.rounds)
-            line("(a) handle_report in-process", done, seconds, f"GPUs not at last reading: {wrong}")
+            line("(a) handle_report in-process", done, seconds,
+                 f"wall {seconds / done * 1000:.1f} ms and CPU {cpu / done * 1000:.1f} ms per report; "
+                 f"GPUs not at last reading: {wrong}")
         if not args.skip_worker:
             for pool in args.pools.split(","):
                 database_url = fresh_database(args, f"worker-{pool.replace(':', '-')}")
@@ -199,14 +216,15 @@ def main(argv=None):
                 from django.db import connections
 
                 connections.close_all()  # the worker is the only writer while it runs
-                done, seconds, sent, log = end_to_end(tokens, args.rounds, pool, workdir, database_url)
+                done, seconds, sent, cpu, log = end_to_end(tokens, args.rounds, pool, workdir, database_url)
                 wrong = check_applied(tokens, args.rounds)
                 errors = log.count("rejected") + log.count("ERROR")
                 # Celery logs each task's own run time: the rest of the wall time is the worker's overhead.
                 runtimes = [float(t) for t in re.findall(r"succeeded in ([0-9.e-]+)s", log)]
                 inside = f"task body median {statistics.median(runtimes) * 1000:.1f} ms" if runtimes else ""
                 line(f"(b) Redis + worker -P {pool}", done, seconds,
-                     f"{inside}; wall per report {seconds / done * 1000:.1f} ms; send {sent:.2f}s; "
+                     f"{inside}; wall {seconds / done * 1000:.1f} ms and worker CPU {cpu / done * 1000:.1f} ms"
+                     f" per report (= {done * GPUS_PER_RIG / cpu:,.0f} samples per worker CPU-second); send {sent:.2f}s; "
                      f"GPUs not at last reading: {wrong}; rejected/errors in log: {errors}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -125,7 +125,9 @@ class Rigs:
 
     def stop_all(self):
         for proc in self.procs:
-            proc.stop()
+            proc.ask_to_stop()
+        for proc in self.procs:
+            proc.wait_stopped()
 
 
 @pytest.fixture
@@ -148,15 +150,23 @@ def rigs(panel, redis_url, tmp_path):
 
 
 # --- browser fixtures (tests/test_browser.py): pytest-playwright driving Debian Chromium ---------------
+def system_chromium():
+    """The distribution's Chromium (MORPHEUS_CHROMIUM overrides); None means Playwright's own download."""
+    import shutil
+
+    return os.environ.get("MORPHEUS_CHROMIUM") or shutil.which("chromium")
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
-    # `playwright install` cannot download here; the Debian package's browser is the one we drive.
-    return {
-        **browser_type_launch_args,
-        "executable_path": "/usr/bin/chromium",
-        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"],
-    }
+    # `playwright install` cannot download everywhere (not here); a Debian/Ubuntu Chromium works as well.
+    args = {**browser_type_launch_args,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run"]}
+    executable = system_chromium()
+    if executable:
+        args["executable_path"] = executable
+    return args
 
 
 @pytest.fixture(scope="session")

@@ -69,9 +69,20 @@ class Proc:
             self.popen.wait(timeout=15)
 
     def stop(self, timeout=10):
-        if not self.alive():
+        self.ask_to_stop()
+        self.wait_stopped(timeout)
+
+    def ask_to_stop(self):
+        """SIGTERM (a Celery worker's warm shutdown) without waiting, so several can stop at once."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait_stopped(self, timeout=10):
+        if self.popen is None:
             return
-        os.killpg(self.popen.pid, signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -72,7 +72,8 @@ def test_it_shows_a_rigs_hardware_and_runs_a_ping_from_its_page(page, live_serve
     expect(charts).to_have_count(2)
     expect(charts.first.locator("figure.chart svg")).to_have_count(4)
     # The live part refreshes itself until the first telemetry shows in the captions.
-    expect(charts.first.locator("figcaption").first).to_have_text(re.compile(r"Utilisation \d+ %"), timeout=WAIT_MS)
+    first_caption = charts.first.locator("figcaption").first
+    expect(first_caption).to_have_text(re.compile(r"Utilisation \d+ %"), timeout=WAIT_MS)
     for action in ("Refresh hardware", "Ping agent", "Rotate token"):
         expect(page.get_by_role("button", name=action)).to_be_visible()
     expect(page.get_by_role("link", name="Remove rig")).to_be_visible()
@@ -89,7 +90,9 @@ def test_it_shows_a_rigs_hardware_and_runs_a_ping_from_its_page(page, live_serve
     assert page.evaluate("window.__marker") == 1, "the status came from a reload, not the live poll"
 
 
-def test_it_shows_a_viewer_no_action_buttons(page, live_server, transactional_db, viewer):
+# Serialized rollback like the tests on the shared panel worker: a plain flush breaks their restore.
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_it_shows_a_viewer_no_action_buttons(page, live_server, viewer):
     make_node("alpha")
 
     log_in(page, live_server, "victor", "viewer-pass-1")

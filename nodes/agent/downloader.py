@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -30,7 +31,11 @@ WRITE_CHUNK = 1 << 20
 
 
 class DownloadError(Exception):
-    """A failure whose message is shown to the provider as is."""
+    """A failure whose message is shown to the provider as is; `discard` drops the partial file too."""
+
+    def __init__(self, message, discard=False):
+        super().__init__(message)
+        self.discard = discard
 
 
 class DownloadCancelled(DownloadError):
@@ -108,19 +113,54 @@ class _Progress(tqdm.tqdm):
 
 
 class _HashingFile:
-    """Appends to the partial file and keeps a running sha256; supports what http_get asks of a file."""
+    """Appends to the partial file and keeps a running sha256; supports what http_get asks of a file.
+
+    Writes are synchronous (what `tell()` says is on disk is what a restart resumes from); hashing runs on a
+    thread of its own (hashlib releases the GIL), so verifying costs almost no download time. The same thread
+    flushes to disk every SYNC_EVERY bytes, so the final fsync has little left to wait for.
+    """
+
+    SYNC_EVERY = 64 << 20
 
     def __init__(self, fh):
         self.fh = fh
-        self.sha = hashlib.sha256()
-        fh.seek(0)
-        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
-            self.sha.update(block)
-        fh.seek(0, os.SEEK_END)
+        self._queue = queue.Queue(maxsize=64)
+        self._sha = hashlib.sha256()
+        self._unsynced = 0
+        self._thread = threading.Thread(target=self._hash_loop, name="sha256", daemon=True)
+        self._thread.start()
+        self._rehash_existing()
+
+    def _hash_loop(self):
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if isinstance(item, tuple):  # ("reset", event): start over, then say so
+                    self._sha = hashlib.sha256()
+                    item[1].set()
+                else:
+                    self._sha.update(item)
+                    self._unsynced += len(item)
+                    if self._unsynced >= self.SYNC_EVERY:
+                        self._unsynced = 0
+                        try:
+                            os.fdatasync(self.fh.fileno())
+                        except (OSError, ValueError):
+                            pass  # the final fsync reports real trouble
+            finally:
+                self._queue.task_done()
+
+    def _rehash_existing(self):
+        self.fh.seek(0)
+        for block in iter(lambda: self.fh.read(HASH_BLOCK), b""):
+            self._queue.put(block)
+        self.fh.seek(0, os.SEEK_END)
 
     def write(self, data):
         self.fh.write(data)
-        self.sha.update(data)
+        self._queue.put(bytes(data))
         return len(data)
 
     def tell(self):
@@ -132,14 +172,22 @@ class _HashingFile:
     def truncate(self, size=None):
         # The server ignored our Range and is sending the whole file again: start the hash over.
         result = self.fh.truncate(size)
-        self.fh.seek(0)
-        self.sha = hashlib.sha256()
-        for block in iter(lambda: self.fh.read(HASH_BLOCK), b""):
-            self.sha.update(block)
+        done = threading.Event()
+        self._queue.put(("reset", done))
+        done.wait()
+        self._rehash_existing()
         return result
 
     def flush(self):
         self.fh.flush()
+
+    def hexdigest(self):
+        self._queue.join()
+        return self._sha.hexdigest()
+
+    def close(self):
+        self._queue.put(None)
+        self._thread.join(timeout=10)
 
 
 def sha256_of(path):
@@ -301,7 +349,6 @@ class Downloader:
 
     def _download_one(self, request, spec, meta, size, expected, dest, tracker, cancel):
         from huggingface_hub import constants
-        from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import build_hf_headers
 
         constants.DOWNLOAD_CHUNK_SIZE = WRITE_CHUNK
@@ -314,7 +361,6 @@ class Downloader:
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         headers = build_hf_headers(token=request.token or False)
-        attempt = 0
         with open(part, "a+b") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -323,47 +369,15 @@ class Downloader:
             if size is not None and os.fstat(fh.fileno()).st_size > size:
                 fh.truncate(0)
             writer = _HashingFile(fh)
-            have = writer.tell()
-            tracker.start_file(have)
-
-            def on_update(n):
-                tracker.update(n)
-                if cancel.is_set():
-                    raise DownloadCancelled("cancelled by the provider")
-
-            progress_cls = type("Progress", (_Progress,), {"on_update": staticmethod(on_update)})
-            while True:
-                have = writer.tell()
-                try:
-                    http_get(meta.location, writer, resume_size=have, expected_size=size, headers=headers,
-                             displayed_filename=spec.filename, tqdm_class=progress_cls)
-                    break
-                except DownloadCancelled:
+            try:
+                digest = self._fetch(request, spec, meta, size, writer, tracker, cancel, headers)
+            except (DownloadCancelled, DownloadError) as exc:
+                if isinstance(exc, DownloadCancelled) or exc.discard:
                     fh.truncate(0)
                     part.unlink(missing_ok=True)
-                    raise
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        fh.truncate(0)
-                        part.unlink(missing_ok=True)
-                        raise DownloadError(f"the rig's disk filled up while writing {spec.filename}; "
-                                            "the partial file was removed") from None
-                    error = exc
-                except Exception as exc:
-                    hub = _hub_error(exc, request, spec.filename)
-                    if hub is not None:
-                        raise hub from None
-                    error = exc
-                attempt += 1
-                if attempt > self.retries:
-                    raise DownloadError(f"{spec.filename}: download kept failing after {attempt} tries: {error}")
-                wait = self.backoff * 2 ** (attempt - 1)
-                log.warning("%s: %s; retrying from byte %d in %.0fs", spec.filename, error, writer.tell(), wait)
-                if cancel.wait(wait):
-                    raise DownloadCancelled("cancelled by the provider")
-            fh.flush()
-            os.fsync(fh.fileno())
-            digest = writer.sha.hexdigest()
+                raise
+            finally:
+                writer.close()
             if expected is not None and digest != expected:
                 fh.truncate(0)
                 part.unlink(missing_ok=True)
@@ -371,6 +385,48 @@ class Downloader:
                                     f"is {digest}; the file was discarded and is not ready")
             os.replace(part, dest)
         return _file_result(dest, spec.filename, digest, expected, already=False)
+
+    def _fetch(self, request, spec, meta, size, writer, tracker, cancel, headers):
+        """Append the rest of the file through http_get, retrying with backoff; returns the sha256."""
+        from huggingface_hub.file_download import http_get
+
+        tracker.start_file(writer.tell())
+
+        def on_update(n):
+            tracker.update(n)
+            if cancel.is_set():
+                raise DownloadCancelled("cancelled by the provider")
+
+        progress_cls = type("Progress", (_Progress,), {"on_update": staticmethod(on_update)})
+        attempt = 0
+        while True:
+            try:
+                http_get(meta.location, writer, resume_size=writer.tell(), expected_size=size, headers=headers,
+                         displayed_filename=spec.filename, tqdm_class=progress_cls)
+                break
+            except DownloadCancelled:
+                raise
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DownloadError(f"the rig's disk filled up while writing {spec.filename}; "
+                                        "the partial file was removed", discard=True) from None
+                error = exc
+            except Exception as exc:
+                hub = _hub_error(exc, request, spec.filename)
+                if hub is not None:
+                    raise hub from None
+                error = exc
+            attempt += 1
+            if attempt > self.retries:
+                raise DownloadError(f"{spec.filename}: download kept failing after {attempt} tries: {error}")
+            wait = self.backoff * 2 ** (attempt - 1)
+            log.warning("%s: %s; retrying from byte %d in %.0fs", spec.filename, error, writer.tell(), wait)
+            if cancel.wait(wait):
+                raise DownloadCancelled("cancelled by the provider")
+        writer.flush()
+        # Durable before it is called ready: a power cut must not leave a "verified" file half on disk.
+        os.fsync(writer.fh.fileno())
+        return writer.hexdigest()
 
 
 def _file_result(dest, filename, digest, expected, already):

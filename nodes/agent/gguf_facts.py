@@ -92,6 +92,8 @@ def read_remote(fetch, size, first=FIRST_FETCH):
         while True:
             if want > len(prefix):
                 prefix += fetch(len(prefix), want - 1)
+            if prefix[:4] != b"GGUF":  # without this, a non-GGUF file is fetched up to MAX_HEADER before giving up
+                raise GGUFFactsError("not a GGUF file: it does not start with the GGUF magic")
             with open(sparse, "wb") as fh:
                 fh.write(prefix)
                 fh.truncate(size)

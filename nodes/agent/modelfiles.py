@@ -100,7 +100,7 @@ def scan(model_dirs, manifest):
     """Every GGUF model under the folders; split models once, by their first part; partial downloads skipped."""
     found = []
     for root in model_dirs:
-        root = Path(root)
+        root = Path(root).resolve()  # the same absolute name a download gives a file (and the manifest keys it by)
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*.gguf")):

@@ -1,0 +1,144 @@
+"""Download throughput through a real rig agent vs curl from the same local server, and bytes fetched again
+after the agent is killed mid-file.
+
+    .venv/bin/python bench/download.py              # 1 GiB file, 3 runs each
+    .venv/bin/python bench/download.py --mib 256 --runs 2
+
+The server is the Hub stand-in of the tests (tests/hubstub.py) on 127.0.0.1. The agent run is the whole path a
+provider's click takes on the rig: the `agent.download_model` task on the rig's queue, the metadata HEAD, the
+download into the .part file with its running sha256, the check against the Hub's sha256, the reports to the
+panel worker. Its time is from sending the task until the panel's Operation row says succeeded.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _django  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def make_file(path, mib):
+    block = os.urandom(8 * MiB)
+    with open(path, "wb") as fh:
+        for i in range(mib // 8):
+            fh.write(i.to_bytes(8, "little") + block[8:])
+    return path
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    workdir = _django.setup()
+    from morpheus_admin import localredis
+    from morpheus_admin.celery import app
+    from nodes.models import Node, Operation
+    from tests import harness
+    from tests.hubstub import Hub
+
+    served_path = make_file(workdir / "big.gguf", args.mib)
+    size = served_path.stat().st_size
+    hub = Hub().start()
+    hub_file = hub.add_file("bench/Big-GGUF", "big-Q8_0.gguf", served_path)
+    url = f"{hub.url}/bench/Big-GGUF/resolve/main/big-Q8_0.gguf"
+    redis_proc, redis_url = localredis.start(workdir / "redis")
+    app.conf.broker_url = redis_url
+    env = harness.panel_env(redis_url, os.environ["DATABASE_URL"], MORPHEUS_LOG_LEVEL="WARNING")
+    worker = harness.panel_worker(env, workdir).start()
+    node = Node(name="bench-rig")
+    token = node.set_new_token()
+    node.save()
+    data_dir = workdir / "rig"
+    agent_env = {"MORPHEUS_DOWNLOAD_DISK_MARGIN_MB": "16"}
+    agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0, extra_env=agent_env).start()
+    try:
+        worker.wait_for_log("ready.", timeout=60)
+        agent.wait_for_log("ready.", timeout=60)
+        dest = data_dir / "models" / "bench__Big-GGUF" / "big-Q8_0.gguf"
+
+        def curl_once():
+            out = workdir / "curl.out"
+            started = time.perf_counter()
+            subprocess.run(["curl", "-sS", "-o", str(out), url], check=True)
+            elapsed = time.perf_counter() - started
+            out.unlink()
+            return elapsed
+
+        def agent_once():
+            dest.unlink(missing_ok=True)
+            op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="bench")
+            started = time.perf_counter()
+            app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
+                          kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
+                                              "endpoint": hub.url}})
+            done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
+                              600, "the agent's download")
+            elapsed = time.perf_counter() - started
+            if done.status != Operation.SUCCEEDED:
+                raise SystemExit(f"download failed: {done.message}")
+            return elapsed, done.result["seconds"]
+
+        curl_times, agent_times, agent_inner = [], [], []
+        for _ in range(args.runs):  # interleaved so both see the same machine load
+            curl_times.append(curl_once())
+            total, inner = agent_once()
+            agent_times.append(total)
+            agent_inner.append(inner)
+        mib = size / MiB
+        curl_rate = mib / statistics.median(curl_times)
+        agent_rate = mib / statistics.median(agent_times)
+        print(f"file: {mib:.0f} MiB from {hub.url} (Python stand-in server), {args.runs} runs each, medians")
+        print(f"curl                       : {curl_rate:8.1f} MiB/s  ({statistics.median(curl_times):.2f} s)")
+        print(f"agent, click to succeeded  : {agent_rate:8.1f} MiB/s  ({statistics.median(agent_times):.2f} s; "
+              f"agent's own download+verify {statistics.median(agent_inner):.2f} s)")
+        print(f"ratio agent/curl           : {agent_rate / curl_rate:8.2f}  (target >= 0.90)")
+
+        # Kill the agent (SIGKILL) half way through, start it again, count what the server sends twice.
+        dest.unlink(missing_ok=True)
+        hub_file.rate = 64 * MiB
+        hub_file.served = 0
+        op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="bench-kill")
+        app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
+                      kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
+                                          "endpoint": hub.url}})
+        wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
+        agent.kill()
+        at_kill = hub_file.served
+        hub_file.rate = None
+        agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0,
+                              extra_env=agent_env).start()
+        done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
+                          600, "the resumed download")
+        again = hub_file.served - size
+        print(f"killed at {at_kill / MiB:.0f} MiB served; resumed from {done.result.get('resumed_from', 0) / MiB:.1f} MiB;"
+              f" fetched again: {again / MiB:.2f} MiB (limit 16 MiB); outcome {done.status}")
+    finally:
+        agent.stop()
+        worker.stop()
+        redis_proc.terminate()
+        hub.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
