@@ -36,7 +36,7 @@ def apply_model_files(rig, report, now=None):
                 model_file=_catalogue_match(item, report["model_file"]),
                 source="download" if report["mode"] == "upsert" else "scan",
             )
-        elif existing.size != item["size"]:
-            # Changed on disk since it was verified: the old check no longer holds.
+        elif existing.verified and not item["verified"]:
+            # The agent's manifest no longer vouches for it (size or mtime changed): the old check no longer holds.
             defaults.update(verified=False, sha256=item["sha256"])
         RigFile.objects.update_or_create(node=rig, path=item["path"], defaults=defaults)

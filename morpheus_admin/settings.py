@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "template_partials",
     "nodes",
     "models_catalog",
+    "hosting",
 ]
 
 MIDDLEWARE = [
@@ -166,6 +167,8 @@ STATUS_CHANGE_RETENTION = timedelta(days=_env(envconf.env_int, "MORPHEUS_STATUS_
 # What the enrolment page prints as the broker URL a rig should use (the panel's own may be 127.0.0.1).
 RIG_BROKER_URL = os.environ.get("MORPHEUS_RIG_BROKER_URL", REDIS_URL)
 
+RECONCILE_INTERVAL = _env(envconf.env_float, "MORPHEUS_RECONCILE_INTERVAL", 60.0, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
     "check-rig-status": {
         "task": "panel.check_node_status",
@@ -176,6 +179,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "panel.expire_operations",
         "schedule": OPERATION_EXPIRY_CHECK_INTERVAL,
         "options": {"expires": max(OPERATION_EXPIRY_CHECK_INTERVAL, 5)},
+    },
+    "reconcile-deployments": {
+        "task": "panel.reconcile_deployments",
+        "schedule": RECONCILE_INTERVAL,
+        "kwargs": {"interval": RECONCILE_INTERVAL},
+        "options": {"expires": RECONCILE_INTERVAL},
     },
     "prune-telemetry": {
         "task": "panel.prune_history",

@@ -7,5 +7,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("models_catalog.urls")),
+    path("", include("hosting.urls")),
     path("", include("nodes.urls")),
 ]

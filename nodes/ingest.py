@@ -36,6 +36,10 @@ def handle_report(node, token, kind, payload, sent_at=None, now=None):
         log.warning("report from rig %r rejected: %s", node, exc)
         return str(exc)
     with transaction.atomic():
+        if kind == "telemetry" and connection.vendor == "postgresql":
+            # A reading lost in a database crash is replaced seconds later: don't wait for the WAL flush.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         APPLY[kind](rig, clean, now)
         rig.last_seen = now
         Node.objects.filter(pk=rig.pk).update(last_seen=now)
@@ -168,8 +172,13 @@ def apply_operation(rig, report, now):
     if operation is None:
         log.warning("rig %s reported on operation %s, which is not its own", rig.name, report["operation"])
         return
-    if not operation.apply_report(report["status"], report["message"], report["result"], now=now,
-                                  progress=report["progress"], log_tail=report["log"]):
+    applied = operation.apply_report(report["status"], report["message"], report["result"], now=now,
+                                     progress=report["progress"], log_tail=report["log"])
+    if applied:
+        from hosting.ingest import operation_changed
+
+        operation_changed(operation)
+    else:
         log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
 
 
@@ -179,7 +188,14 @@ def apply_model_files(rig, report, now):
     apply(rig, report, now)
 
 
+def apply_deployment(rig, report, now):
+    from hosting.ingest import apply_deployment as apply
+
+    apply(rig, report, now)
+
+
 APPLY = {
+    "deployment": apply_deployment,
     "hardware": apply_hardware,
     "telemetry": apply_telemetry,
     "operation": apply_operation,

@@ -227,16 +227,24 @@ class HostSample(models.Model):
 class Operation(models.Model):
     REFRESH_HARDWARE, PING = "refresh_hardware", "ping"
     DOWNLOAD_MODEL, SCAN_MODELS, DELETE_MODEL_FILE = "download_model", "scan_models", "delete_model_file"
+    BUILD_LLAMA, ADOPT_BUILD, DELETE_BUILD = "build_llama", "adopt_build", "delete_build"
+    LAUNCH, STOP, RESTART = "launch", "stop", "restart"
     KIND_CHOICES = [
         (REFRESH_HARDWARE, "refresh hardware"),
         (PING, "ping agent"),
         (DOWNLOAD_MODEL, "download model"),
         (SCAN_MODELS, "scan models folder"),
         (DELETE_MODEL_FILE, "delete model file"),
+        (BUILD_LLAMA, "build llama.cpp"),
+        (ADOPT_BUILD, "adopt llama-server"),
+        (DELETE_BUILD, "delete build"),
+        (LAUNCH, "launch server"),
+        (STOP, "stop server"),
+        (RESTART, "restart server"),
     ]
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)
-    CANCELLABLE_KINDS = (DOWNLOAD_MODEL,)
+    CANCELLABLE_KINDS = (DOWNLOAD_MODEL, BUILD_LLAMA)
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
     STATUS_CHOICES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)

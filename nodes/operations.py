@@ -15,6 +15,12 @@ AGENT_TASKS = {
     Operation.DOWNLOAD_MODEL: protocol.AGENT_DOWNLOAD_MODEL,
     Operation.SCAN_MODELS: protocol.AGENT_SCAN_MODELS,
     Operation.DELETE_MODEL_FILE: protocol.AGENT_DELETE_MODEL_FILE,
+    Operation.BUILD_LLAMA: protocol.AGENT_BUILD_LLAMA,
+    Operation.ADOPT_BUILD: protocol.AGENT_ADOPT_BUILD,
+    Operation.DELETE_BUILD: protocol.AGENT_DELETE_BUILD,
+    Operation.LAUNCH: protocol.AGENT_APPLY_DEPLOYMENT,
+    Operation.STOP: protocol.AGENT_APPLY_DEPLOYMENT,
+    Operation.RESTART: protocol.AGENT_APPLY_DEPLOYMENT,
 }
 
 

@@ -222,7 +222,32 @@ def clean_model_files(payload):
     return {"mode": mode, "files": files, "model_file": model_file}
 
 
+DEPLOYMENT_STATES = ("stopped", "starting", "loading", "healthy", "backoff", "failed")
+
+
+def clean_deployment(payload):
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    state = payload.get("state")
+    if state not in DEPLOYMENT_STATES:
+        raise ReportError(f"deployment state {state!r} is not one of {', '.join(DEPLOYMENT_STATES)}")
+    log_tail = payload.get("log") or ""
+    if not isinstance(log_tail, str):
+        raise ReportError("log must be text")
+    return {
+        "deployment": _number(payload, "deployment", 1, 2**63 - 1, integer=True),
+        "state": state,
+        "pid": _number(payload, "pid", 1, 2**32, integer=True, required=False),
+        "started_at": _number(payload, "started_at", 0, 10**11, required=False),
+        "restarts": _number(payload, "restarts", 0, 10**9, integer=True, required=False) or 0,
+        "message": _text(payload, "message", 4000, required=False),
+        "log": log_tail[-8000:].replace("\x00", ""),
+        "generation": _number(payload, "generation", 0, 2**31, integer=True, required=False) or 0,
+    }
+
+
 CLEANERS = {
+    "deployment": clean_deployment,
     "hardware": clean_hardware,
     "telemetry": clean_telemetry,
     "operation": clean_operation,

@@ -93,7 +93,8 @@ def worker_env(redis_url, hub, django_db_setup, django_db_blocker):
     db_url = harness.database_url(connection.settings_dict)
     point_celery_at(redis_url)
     yield harness.panel_env(redis_url, db_url, MORPHEUS_STATUS_CHECK_INTERVAL="0.5",
-                            MORPHEUS_OPERATION_PICKUP_TIMEOUT="20", HF_ENDPOINT=hub.url, MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL="1")
+                            MORPHEUS_OPERATION_PICKUP_TIMEOUT="20", MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL="1",
+                            HF_ENDPOINT=hub.url)
     point_celery_at("memory://")
 
 

@@ -171,7 +171,7 @@ class Panel:
         return line
 
     def roundtrip(self, timeout=30):
-        """The worker takes its queue in order: once this is done, everything sent before it is handled."""
+        """The worker (`-P solo`) takes its queue in order: once this is done, everything sent before is handled."""
         task_id = self.send("panel.check_node_status")
         self.wait_done("panel.check_node_status", task_id, timeout=timeout)
 

@@ -3,7 +3,6 @@
 import errno
 import hashlib
 import json
-import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from itertools import count

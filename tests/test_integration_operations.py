@@ -26,8 +26,13 @@ def poll(client, operation):
     return client.get(operation.get_absolute_url(), HTTP_HX_REQUEST="true")
 
 
+def tasks_logged(agent, task, event):
+    """How many times the agent's log says `Task <task>[id] <event>` (received, succeeded, …)."""
+    return sum(1 for line in agent.log().splitlines() if f"Task {task}[" in line and f"] {event}" in line)
+
+
 def tasks_received(agent, task):
-    return sum(1 for line in agent.log().splitlines() if f"Task {task}[" in line and "] received" in line)
+    return tasks_logged(agent, task, "received")
 
 
 def test_it_runs_an_operation_for_alpha_on_alpha_and_never_on_beta(rigs, operator_client):
@@ -59,8 +64,6 @@ def test_it_runs_an_operation_for_alpha_on_alpha_and_never_on_beta(rigs, operato
     # Each agent ran exactly the work sent to its own rig.
     assert (tasks_received(alpha_agent, "agent.ping"), tasks_received(alpha_agent, "agent.refresh_hardware")) == (1, 1)
     assert (tasks_received(beta_agent, "agent.ping"), tasks_received(beta_agent, "agent.refresh_hardware")) == (1, 0)
-    page = operator_client.get("/operations/?node=alpha").content.decode()
-    assert page.count("succeeded") >= 2 and "/rigs/beta/" not in page
 
 
 def test_it_fails_an_operation_that_no_agent_picks_up(rigs, operator_client, settings):
@@ -78,8 +81,8 @@ def test_it_fails_an_operation_that_no_agent_picks_up(rigs, operator_client, set
 
     # When the agent comes back it drops the expired message instead of running it late.
     agent = rigs.start("beta", token)
-    agent.wait_for_log("Discarding revoked task")
-    assert tasks_received(agent, "agent.ping") <= 1 and "agent answered" not in agent.log()
+    agent.wait_for_log("Discarding revoked task: agent.ping")
+    assert tasks_logged(agent, "agent.ping", "succeeded") == 0
     assert Operation.objects.get(pk=ping.pk).status == Operation.FAILED
 
 

@@ -42,7 +42,7 @@ def test_it_shows_each_rigs_hardware_and_live_telemetry(rigs, viewer_client):
         # This machine is both rigs, so what they report is what the test sees here.
         assert hw["cpu_model"] == cpu_model()
         assert hw["cpu_cores_logical"] == psutil.cpu_count(logical=True)
-        assert hw["cpu_cores_physical"] == psutil.cpu_count(logical=False)
+        assert hw["cpu_cores_physical"] == (psutil.cpu_count(logical=False) or 0)
         assert hw["ram_total"] == psutil.virtual_memory().total
         assert hw["kernel"] == platform.release()
         assert hw["os"]
@@ -63,7 +63,7 @@ def test_it_shows_each_rigs_hardware_and_live_telemetry(rigs, viewer_client):
     for gpu in gpus:
         # The fake card's readings stay in these ranges; a value in the wrong field would fall outside.
         assert 0 <= gpu.util <= 100
-        assert 0.2 * gpu.vram_total <= gpu.vram_used <= 0.8 * gpu.vram_total + 1
+        assert 0.2 * gpu.vram_total - 1 <= gpu.vram_used <= 0.8 * gpu.vram_total + 1
         assert 40 <= gpu.temp_c <= 75
         assert 30 <= gpu.power_w <= 350
         assert 30 <= gpu.fan <= 90
@@ -100,8 +100,8 @@ def transitions(name, since=None):
 def test_it_marks_a_killed_rig_stale_then_offline_and_online_again_when_it_returns(rigs, viewer_client):
     _, alpha_token = make_node("alpha")
     _, beta_token = make_node("beta")
-    # Alpha reports less often than beta, so a scheduling hiccup on a loaded machine does not flip it.
-    alpha_agent = rigs.start("alpha", alpha_token, interval=3.0, wait=False)
+    # Alpha reports less often than beta (stale only after 10 s), so a hiccup on a loaded machine cannot flip it.
+    alpha_agent = rigs.start("alpha", alpha_token, interval=5.0, wait=False)
     beta_agent = rigs.start("beta", beta_token, interval=1.0, wait=False)
     wait_until(lambda: rig("alpha").last_status == rig("beta").last_status == Node.ONLINE, timeout=60,
                message="both rigs online")
@@ -115,8 +115,10 @@ def test_it_marks_a_killed_rig_stale_then_offline_and_online_again_when_it_retur
     wait_until(lambda: (Node.STALE, Node.OFFLINE) in transitions("beta", since=killed_at), timeout=30,
                message="beta marked offline")
     beta = rig("beta")
-    stale = StatusChange.objects.get(node=beta, new=Node.STALE, at__gte=killed_at)
-    offline = StatusChange.objects.get(node=beta, new=Node.OFFLINE, at__gte=killed_at)
+    # The last of each, in case a report still in the queue at the kill briefly brought beta back.
+    stale = StatusChange.objects.filter(node=beta, new=Node.STALE, at__gte=killed_at).order_by("at", "id").last()
+    offline = StatusChange.objects.filter(node=beta, new=Node.OFFLINE, at__gte=killed_at).order_by("at", "id").last()
+    assert stale.at < offline.at
     # Not before two and five missed intervals.
     assert (stale.at - beta.last_seen).total_seconds() >= 2 * beta.telemetry_interval
     assert (offline.at - beta.last_seen).total_seconds() >= 5 * beta.telemetry_interval
@@ -286,6 +288,7 @@ def test_it_marks_the_rig_when_a_report_carries_a_wrong_token(panel, viewer_clie
                          telemetry_payload(temp_c=99))
 
     assert "rig 'alpha' rejected: token does not match (agent token rejected)" in logged
+    assert rig("alpha").token_rejected
     after = all_rows()
     # Only the mark changed: no reading, no history, no heartbeat.
     rejected_at = after["Node"][0].pop("token_rejected_at")

@@ -78,11 +78,18 @@ def test_it_replaces_the_list_with_what_a_scan_found(alpha):
 
 def test_it_keeps_what_it_knew_about_files_a_scan_found_unchanged(alpha, tiny):
     report(alpha, "upsert", entry(TINY, sha256=SHA, verified=True), model_file=tiny.pk)
-    # A scan reports without hashing: same size, so the earlier check still holds.
-    report(alpha, "replace", entry(TINY, facts={"architecture": "llama", "layers": 3}))
+    # A scan does not hash: the agent's manifest vouches for a file it verified that has not changed since.
+    report(alpha, "replace", entry(TINY, sha256=SHA, verified=True, facts={"architecture": "llama", "layers": 3}))
     row = rows(alpha[0])[TINY]
     assert (row.verified, row.sha256, row.source, row.model_file) == (True, SHA, "download", tiny)
     assert row.facts["layers"] == 3
+
+
+def test_it_drops_the_verified_mark_when_the_agent_no_longer_vouches_for_the_file(alpha, tiny):
+    report(alpha, "upsert", entry(TINY, sha256=SHA, verified=True), model_file=tiny.pk)
+    report(alpha, "replace", entry(TINY))  # same size, but touched since (the manifest's mtime differs)
+    row = rows(alpha[0])[TINY]
+    assert (row.verified, row.sha256, row.model_file) == (False, "", tiny)
 
 
 def test_it_drops_the_verified_mark_of_a_file_whose_size_changed(alpha, tiny):

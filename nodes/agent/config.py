@@ -27,6 +27,14 @@ class AgentConfig:
         return Path(self.data_dir) / "models"
 
     @property
+    def ccache_dir(self):
+        """MORPHEUS_CCACHE_DIR, else CCACHE_DIR, else inside the data folder: rebuilds take seconds."""
+        import os
+
+        return Path(os.environ.get("MORPHEUS_CCACHE_DIR") or os.environ.get("CCACHE_DIR")
+                    or Path(self.data_dir) / "ccache")
+
+    @property
     def state_dir(self):
         return Path(self.data_dir) / "state"
 

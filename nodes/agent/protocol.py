@@ -12,13 +12,20 @@ AGENT_DOWNLOAD_MODEL = "agent.download_model"
 AGENT_SCAN_MODELS = "agent.scan_models"
 AGENT_DELETE_MODEL_FILE = "agent.delete_model_file"
 AGENT_CANCEL = "agent.cancel"
+AGENT_BUILD_LLAMA = "agent.build_llama"
+AGENT_ADOPT_BUILD = "agent.adopt_build"
+AGENT_DELETE_BUILD = "agent.delete_build"
+AGENT_APPLY_DEPLOYMENT = "agent.apply_deployment"
+AGENT_FORGET_DEPLOYMENT = "agent.forget_deployment"
+AGENT_RECONCILE_DEPLOYMENTS = "agent.reconcile_deployments"
 
 # Report kinds an agent sends back.
 HARDWARE = "hardware"
 TELEMETRY = "telemetry"
 OPERATION = "operation"
 MODEL_FILES = "model_files"
-REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION, MODEL_FILES)
+DEPLOYMENT = "deployment"
+REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION, MODEL_FILES, DEPLOYMENT)
 
 NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 PROTOCOL_VERSION = 1

@@ -130,6 +130,7 @@ class TelemetryStep(bootsteps.StartStopStep):
         if not agent._resumed:
             agent._resumed = True
             resume_downloads()
+            supervisor.start()  # re-adopts servers that kept running while the agent was down
         agent.start_sampler()
         self.tref = c.timer.call_repeatedly(agent.cfg.telemetry_interval, agent.publish_telemetry)
         log.info("rig %s reporting telemetry every %ss", agent.cfg.node, agent.cfg.telemetry_interval)
@@ -304,3 +305,142 @@ def delete_model_file(operation_id, path):
         agent.operation(operation_id, "failed", f"could not delete {path}: {exc.strerror}")
     finally:
         _release(operation_id)
+
+
+# --- llama.cpp builds ----------------------------------------------------------------------------------
+from . import builder as builds  # noqa: E402
+from .supervisor import FAILED as SERVER_FAILED, Supervisor  # noqa: E402
+
+builder = builds.Builder(config.data_dir / "builds", ccache_dir=config.ccache_dir)
+_build_of_operation = {}
+
+
+@app.task(name=protocol.AGENT_BUILD_LLAMA, soft_time_limit=None, time_limit=None)
+def build_llama(operation_id, build_id, request, hardware=None):
+    if not _claim(operation_id):
+        return
+    _build_of_operation[operation_id] = build_id
+    try:
+        try:
+            build_request = builds.BuildRequest(**request)
+        except (builds.BuildError, TypeError) as exc:
+            agent.operation(operation_id, "failed", f"refused: {exc}")
+            return
+        # The rig's own view of its GPUs decides the backend, not what the panel last saw.
+        hardware = probe_hardware(config.data_dir)
+        agent.operation(operation_id, "running", f"building {build_request.ref} from {build_request.source}")
+
+        def progress(p):
+            agent.operation(operation_id, "running", f"{p['stage']} {p['percent']}%",
+                            progress={"done": p["percent"], "total": 100, "unit": "%"}, log_tail=p["log"])
+
+        result = builder.build(build_request, hardware, progress=progress)
+        log_tail = result.pop("log")
+        agent.operation(operation_id, "succeeded",
+                        f"built llama-server {result['version']} ({result['backend']}) in {result['seconds']:.0f} s",
+                        result, progress={"done": 100, "total": 100, "unit": "%"}, log_tail=log_tail)
+    except builds.BuildCancelled as exc:
+        agent.operation(operation_id, "cancelled", str(exc))
+    except builds.BuildError as exc:
+        agent.operation(operation_id, "failed", str(exc))
+    except Exception as exc:
+        log.exception("build %s failed", build_id)
+        agent.operation(operation_id, "failed", f"unexpected error on the rig: {type(exc).__name__}: {exc}")
+    finally:
+        _build_of_operation.pop(operation_id, None)
+        _release(operation_id)
+
+
+@app.task(name=protocol.AGENT_ADOPT_BUILD)
+def adopt_build(operation_id, build_id, path):
+    if not _claim(operation_id):
+        return
+    try:
+        if not path.startswith("/") or not path.endswith("llama-server"):
+            raise builds.BuildError(f"{path} is not an absolute path to a llama-server binary")
+        version = builds.server_version(path)
+        backend = "cuda" if "cuda" in version["version_text"].lower() else "cpu"
+        agent.operation(operation_id, "succeeded", f"llama-server {version['version']} runs; adopted",
+                        {"binary": path, "backend": backend, "seconds": 0, **version})
+    except builds.BuildError as exc:
+        agent.operation(operation_id, "failed", str(exc))
+    finally:
+        _release(operation_id)
+
+
+@app.task(name=protocol.AGENT_DELETE_BUILD)
+def delete_build(operation_id, build_id):
+    if not _claim(operation_id):
+        return
+    try:
+        folder = (config.data_dir / "builds" / str(int(build_id))).resolve()
+        in_use = [s for s in supervisor.snapshot() if s["pid"] and str(folder) in str(s.get("binary", ""))]
+        if in_use:
+            agent.operation(operation_id, "failed", "a running server uses this build")
+            return
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        agent.operation(operation_id, "succeeded", f"removed {folder}")
+    finally:
+        _release(operation_id)
+
+
+# --- llama-server deployments ----------------------------------------------------------------------------
+_pending_goal = {}  # deployment id → (operation id, goal state, generation)
+_goal_lock = threading.Lock()
+
+
+def _deployment_report(report):
+    agent.send(protocol.DEPLOYMENT, report)
+    with _goal_lock:
+        pending = _pending_goal.get(report["deployment"])
+        if pending is None or report["generation"] < pending[2]:
+            return
+        operation_id, goal, _generation = pending
+        if report["state"] == goal:
+            del _pending_goal[report["deployment"]]
+            agent.operation(operation_id, "succeeded", report["message"] or goal)
+        elif report["state"] == SERVER_FAILED:
+            del _pending_goal[report["deployment"]]
+            agent.operation(operation_id, "failed", report["message"])
+
+
+supervisor = Supervisor(config.state_dir, on_report=_deployment_report)
+
+
+@app.task(name=protocol.AGENT_APPLY_DEPLOYMENT)
+def apply_deployment(operation_id, spec, goal):
+    from .serverspec import SpecError
+
+    with _goal_lock:
+        _pending_goal[spec["deployment_id"]] = (operation_id, goal, spec.get("generation", 0))
+    agent.operation(operation_id, "running", f"converging to {goal}")
+    try:
+        supervisor.apply(spec)
+    except SpecError as exc:
+        with _goal_lock:
+            _pending_goal.pop(spec["deployment_id"], None)
+        agent.operation(operation_id, "failed", f"refused on the rig: {exc}")
+
+
+@app.task(name=protocol.AGENT_FORGET_DEPLOYMENT)
+def forget_deployment(deployment_id):
+    supervisor.forget(deployment_id)
+
+
+@app.task(name=protocol.AGENT_RECONCILE_DEPLOYMENTS)
+def reconcile_deployments(specs):
+    """The panel's periodic reminder of every deployment it wants here; anything else is stopped and dropped."""
+    from .serverspec import SpecError
+
+    wanted = set()
+    for spec in specs:
+        wanted.add(spec.get("deployment_id"))
+        try:
+            supervisor.apply(spec)
+        except SpecError as exc:
+            log.warning("deployment %s refused: %s", spec.get("deployment_id"), exc)
+    for report in supervisor.snapshot():
+        if report["deployment"] not in wanted:
+            supervisor.forget(report["deployment"])

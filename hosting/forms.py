@@ -1,0 +1,116 @@
+from django import forms
+
+from hosting.models import Build, Deployment
+from models_catalog.models import RigFile
+from nodes.agent import builder, serverspec
+
+
+class BuildForm(forms.Form):
+    source = forms.CharField(max_length=500, initial=builder.DEFAULT_SOURCE,
+                             help_text="A git URL, or the absolute path of a git folder on the rig")
+    ref = forms.CharField(max_length=100, initial=builder.DEFAULT_REF, help_text="Tag, branch or commit")
+    backend = forms.ChoiceField(choices=Build.BACKENDS, initial="auto")
+    options = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                              help_text="Extra CMake options, one NAME=VALUE per line, from: "
+                                        + ", ".join(sorted(builder.ALLOWED_OPTIONS)))
+
+    def clean_source(self):
+        return _check(builder.check_source, self.cleaned_data["source"])
+
+    def clean_ref(self):
+        return _check(builder.check_ref, self.cleaned_data["ref"])
+
+    def clean_options(self):
+        options = {}
+        for line in self.cleaned_data["options"].splitlines():
+            if not line.strip():
+                continue
+            name, _, value = line.strip().removeprefix("-D").partition("=")
+            options[name.strip()] = value.strip()
+        _check(builder.check_options, options)
+        return options
+
+
+def _check(fn, value):
+    try:
+        return fn(value)
+    except builder.BuildError as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+class AdoptForm(forms.Form):
+    path = forms.CharField(max_length=1000, label="llama-server path",
+                           help_text="e.g. /home/me/llama.cpp/build/bin/llama-server")
+
+
+class DeploymentForm(forms.ModelForm):
+    preset = forms.ChoiceField(required=False, choices=[("", "— none —")] + [
+        (key, value["label"]) for key, value in serverspec.PRESETS.items()])
+    extra_flags_text = forms.CharField(required=False, label="Extra flags", widget=forms.Textarea(attrs={"rows": 2}),
+                                       help_text="One per line, e.g. --mlock or --batch-size=512. Allowed: "
+                                                 + ", ".join(sorted(serverspec.EXTRA_FLAGS)))
+
+    class Meta:
+        model = Deployment
+        fields = ["name", "model_file", "build", "host", "port", "ctx_size", "n_gpu_layers", "parallel", "threads",
+                  "tensor_split", "flash_attn", "cache_type_k", "cache_type_v", "alias", "api_key"]
+        widgets = {"api_key": forms.PasswordInput(render_value=True)}
+
+    def __init__(self, *args, node, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.node = node
+        self.fields["model_file"].queryset = RigFile.objects.filter(node=node)
+        self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
+        self.fields["model_file"].label = "Model file on this rig"
+        if self.instance.pk:
+            self.fields["extra_flags_text"].initial = "\n".join(self.instance.extra_flags or [])
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        preset = serverspec.PRESETS.get(data.get("preset") or "")
+        if preset:
+            for key in ("ctx_size", "n_gpu_layers", "parallel", "flash_attn", "tensor_split"):
+                data[key] = preset[key]
+        flags = [line.strip() for line in (data.get("extra_flags_text") or "").splitlines() if line.strip()]
+        data["extra_flags"] = flags
+        others = Deployment.objects.filter(node=self.node, port=data.get("port")).exclude(pk=self.instance.pk)
+        if others.exists():
+            self.add_error("port", f"port {data['port']} is taken by {others.first().name} on this rig")
+        build = data.get("build")
+        model_file = data.get("model_file")
+        if build is None or model_file is None:
+            return data
+        try:
+            serverspec.ServerSpec(
+                deployment_id=self.instance.pk or 1, binary=build.binary_path or "/missing", port=data["port"],
+                model_path=model_file.path, host=data["host"], ctx_size=data["ctx_size"],
+                n_gpu_layers=data["n_gpu_layers"], parallel=data["parallel"], threads=data.get("threads"),
+                tensor_split=data.get("tensor_split") or "", flash_attn=data["flash_attn"],
+                cache_type_k=data["cache_type_k"], cache_type_v=data["cache_type_v"], alias=data.get("alias") or "",
+                api_key=data.get("api_key") or "", extra_flags=flags,
+            )
+        except serverspec.SpecError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
+
+    def save(self, commit=True):
+        deployment = super().save(commit=False)
+        for key in ("ctx_size", "n_gpu_layers", "parallel", "flash_attn", "tensor_split"):
+            setattr(deployment, key, self.cleaned_data[key])
+        deployment.extra_flags = self.cleaned_data["extra_flags"]
+        deployment.node = self.node
+        if deployment.pk:
+            deployment.generation += 1  # new settings: the agent restarts the server with them
+        if commit:
+            deployment.save()
+        return deployment
+
+
+def suggest_port(node, start=8080):
+    taken = set(Deployment.objects.filter(node=node).values_list("port", flat=True))
+    port = start
+    while port in taken:
+        port += 1
+    return port

@@ -1,0 +1,52 @@
+"""Agent reports about builds (through their operations) and servers (the `deployment` report)."""
+
+from datetime import datetime, timezone as dt_timezone
+
+from django.utils import timezone
+
+from hosting.models import Build, Deployment
+from nodes.models import Operation
+
+BUILD_STATUS = {
+    Operation.RUNNING: Build.BUILDING,
+    Operation.SUCCEEDED: Build.READY,
+    Operation.FAILED: Build.FAILED,
+    Operation.CANCELLED: Build.CANCELLED,
+}
+
+
+def operation_changed(operation):
+    """Keep a build's own status in step with its operation's."""
+    if operation.kind not in (Operation.BUILD_LLAMA, Operation.ADOPT_BUILD):
+        return
+    build = Build.objects.filter(operation=operation).first()
+    if build is None:
+        return
+    fields = {"status": BUILD_STATUS.get(operation.status, build.status), "message": operation.message}
+    if operation.status == Operation.SUCCEEDED:
+        result = operation.result or {}
+        fields.update(
+            binary_path=result.get("binary", "")[:1000], version=result.get("version", "")[:100],
+            commit=result.get("commit", "")[:40], backend=result.get("backend", build.backend)[:10],
+            cuda_architectures=result.get("cuda_architectures", "")[:100], duration=result.get("seconds"),
+            finished=operation.finished,
+        )
+        if not Build.objects.filter(node=build.node, is_default=True, status=Build.READY).exclude(pk=build.pk).exists():
+            fields["is_default"] = True  # the first ready build of a rig is its default
+    elif operation.is_terminal:
+        fields["finished"] = operation.finished
+    Build.objects.filter(pk=build.pk).update(**fields)
+
+
+def apply_deployment(rig, report, now=None):
+    now = now or timezone.now()
+    started = report["started_at"]
+    Deployment.objects.filter(pk=report["deployment"], node=rig).update(
+        actual_state=report["state"],
+        pid=report["pid"],
+        started_at=datetime.fromtimestamp(started, tz=dt_timezone.utc) if started else None,
+        restarts=report["restarts"],
+        message=report["message"],
+        log_tail=report["log"],
+        reported_at=now,
+    )

@@ -1,0 +1,143 @@
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from nodes.agent import builder, serverspec
+
+
+class Build(models.Model):
+    """A llama.cpp build on one rig (or a llama-server binary the provider already had, adopted)."""
+
+    QUEUED, BUILDING, READY, FAILED, CANCELLED = "queued", "building", "ready", "failed", "cancelled"
+    STATUS_CHOICES = [(s, s) for s in (QUEUED, BUILDING, READY, FAILED, CANCELLED)]
+    BACKENDS = [("auto", "auto (from the rig's GPUs)"), ("cpu", "CPU"), ("cuda", "CUDA")]
+
+    node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="builds")
+    source = models.CharField(max_length=500, default=builder.DEFAULT_SOURCE)
+    ref = models.CharField(max_length=100, default=builder.DEFAULT_REF)
+    backend = models.CharField(max_length=10, choices=BACKENDS, default="auto")
+    options = models.JSONField(default=dict, blank=True)
+    adopted = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
+    is_default = models.BooleanField(default=False)
+    binary_path = models.CharField(max_length=1000, blank=True)
+    version = models.CharField(max_length=100, blank=True)
+    commit = models.CharField(max_length=40, blank=True)
+    cuda_architectures = models.CharField(max_length=100, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="seconds")
+    message = models.TextField(blank=True)
+    operation = models.ForeignKey("nodes.Operation", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="builds")
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self):
+        what = "adopted" if self.adopted else f"{self.ref}"
+        return f"#{self.pk} {what} {self.backend_label}".strip()
+
+    def get_absolute_url(self):
+        return reverse("build_detail", args=[self.pk])
+
+    @property
+    def backend_label(self):
+        return {"cuda": "CUDA", "cpu": "CPU"}.get(self.backend, self.backend)
+
+    @property
+    def is_ready(self):
+        return self.status == self.READY
+
+    def running_deployments(self):
+        return self.deployments.filter(desired_state=Deployment.RUNNING)
+
+
+_slug = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$", "Lowercase letters, digits and '-'.")
+
+
+class Deployment(models.Model):
+    """A hosted model: llama-server on one rig, with a desired state the agent converges to."""
+
+    RUNNING, STOPPED = "running", "stopped"
+    DESIRED = [(RUNNING, "running"), (STOPPED, "stopped")]
+    ACTUAL = [(s, s) for s in ("pending", "stopped", "starting", "loading", "healthy", "backoff", "failed")]
+
+    node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=40, validators=[_slug])
+    model_file = models.ForeignKey("models_catalog.RigFile", on_delete=models.PROTECT, related_name="deployments")
+    build = models.ForeignKey(Build, on_delete=models.PROTECT, related_name="deployments")
+    host = models.GenericIPAddressField(default="127.0.0.1", help_text="0.0.0.0 to serve other machines")
+    port = models.PositiveIntegerField(validators=[MinValueValidator(1024), MaxValueValidator(65535)])
+    ctx_size = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(256), MaxValueValidator(1_048_576)])
+    n_gpu_layers = models.PositiveIntegerField(default=99, validators=[MaxValueValidator(999)])
+    parallel = models.PositiveIntegerField(default=4, validators=[MinValueValidator(1), MaxValueValidator(256)])
+    threads = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(1024)])
+    tensor_split = models.CharField(max_length=100, blank=True)
+    flash_attn = models.CharField(max_length=4, default="auto", choices=[(v, v) for v in serverspec.FLASH_ATTN])
+    cache_type_k = models.CharField(max_length=8, default="f16", choices=[(v, v) for v in serverspec.CACHE_TYPES])
+    cache_type_v = models.CharField(max_length=8, default="f16", choices=[(v, v) for v in serverspec.CACHE_TYPES])
+    alias = models.CharField(max_length=100, blank=True)
+    api_key = models.CharField(max_length=128, blank=True)
+    extra_flags = models.JSONField(default=list, blank=True)
+    desired_state = models.CharField(max_length=10, choices=DESIRED, default=RUNNING)
+    generation = models.PositiveIntegerField(default=1)
+    # What the agent last reported.
+    actual_state = models.CharField(max_length=10, choices=ACTUAL, default="pending")
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    restarts = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["node", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "name"], name="deployment_unique_name"),
+            models.UniqueConstraint(fields=["node", "port"], name="deployment_unique_port"),
+        ]
+
+    def __str__(self):
+        return f"{self.node_id}/{self.name}"
+
+    def get_absolute_url(self):
+        return reverse("deployment_detail", args=[self.pk])
+
+    @property
+    def is_healthy(self):
+        return self.desired_state == self.RUNNING and self.actual_state == "healthy" and self.node.status == "online"
+
+    @property
+    def uptime(self):
+        if self.actual_state in ("healthy", "loading", "starting") and self.started_at:
+            return timezone.now() - self.started_at
+        return None
+
+    @property
+    def endpoint_url(self):
+        host = self.host
+        if host in ("0.0.0.0", "::"):
+            host = (self.node.hardware or {}).get("hostname") or self.node.name
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/v1"
+
+    def spec(self):
+        """What the agent needs to run it (the API key included: it travels to the rig only)."""
+        return serverspec.ServerSpec(
+            deployment_id=self.pk, binary=self.build.binary_path, model_path=self.model_file.path, port=self.port,
+            host=self.host, ctx_size=self.ctx_size, n_gpu_layers=self.n_gpu_layers, parallel=self.parallel,
+            threads=self.threads, tensor_split=self.tensor_split, flash_attn=self.flash_attn,
+            cache_type_k=self.cache_type_k, cache_type_v=self.cache_type_v, alias=self.alias, api_key=self.api_key,
+            extra_flags=list(self.extra_flags or []), desired=self.desired_state, generation=self.generation,
+        )
+
+    def command_line(self):
+        """The launch command a provider would type (API key hidden)."""
+        spec = self.spec()
+        args = serverspec.launch_args(spec, "<api-key-file>" if spec.api_key else None)
+        return " ".join(args)

@@ -1,0 +1,163 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+from django_htmx.http import HTMX_STOP_POLLING
+
+from hosting import services
+from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port
+from hosting.models import Build, Deployment
+from morpheus_admin.celery import app
+from nodes.agent import protocol
+from nodes.models import Node
+from nodes.permissions import require_operator
+
+
+@login_required
+def rig_builds(request, name):
+    node = get_object_or_404(Node, name=name)
+    form = BuildForm(request.POST or None, prefix="build")
+    adopt = AdoptForm(None, prefix="adopt")
+    if request.method == "POST":
+        require_operator(request)
+        if form.is_valid():
+            try:
+                build = services.start_build(node, request.user, **form.cleaned_data)
+            except services.Refused as exc:
+                messages.error(request, f"Not started: {exc}")
+            else:
+                return redirect(build)
+    builds = node.builds.select_related("operation")
+    return render(request, "hosting/rig_builds.html", {"node": node, "builds": builds, "form": form, "adopt": adopt})
+
+
+@login_required
+@require_POST
+def rig_adopt(request, name):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    form = AdoptForm(request.POST, prefix="adopt")
+    if form.is_valid():
+        try:
+            build = services.adopt_build(node, request.user, form.cleaned_data["path"])
+        except services.Refused as exc:
+            messages.error(request, str(exc))
+        else:
+            return redirect(build)
+    return redirect("rig_builds", name=name)
+
+
+@login_required
+def build_detail(request, pk):
+    build = get_object_or_404(Build.objects.select_related("node", "operation"), pk=pk)
+    context = {"build": build, "operation": build.operation}
+    if request.htmx:
+        response = render(request, "hosting/build_detail.html#live", context)
+        if build.status in (Build.READY, Build.FAILED, Build.CANCELLED):
+            response.status_code = HTMX_STOP_POLLING
+        return response
+    return render(request, "hosting/build_detail.html", context)
+
+
+@login_required
+@require_POST
+def build_make_default(request, pk):
+    require_operator(request)
+    build = get_object_or_404(Build, pk=pk, status=Build.READY)
+    with transaction.atomic():
+        Build.objects.filter(node=build.node).update(is_default=False)
+        Build.objects.filter(pk=build.pk).update(is_default=True)
+    messages.success(request, f"Build {build} is now the default on {build.node.name}.")
+    return redirect("rig_builds", name=build.node.name)
+
+
+@login_required
+def build_delete(request, pk):
+    require_operator(request)
+    build = get_object_or_404(Build.objects.select_related("node"), pk=pk)
+    if request.method == "POST":
+        try:
+            services.delete_build(build, request.user)
+        except services.Refused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Build {build} deleted.")
+        return redirect("rig_builds", name=build.node.name)
+    return render(request, "hosting/build_confirm_delete.html", {"build": build})
+
+
+@login_required
+def deployment_list(request):
+    deployments = Deployment.objects.select_related("node", "build", "model_file")
+    node = request.GET.get("node", "")
+    if node:
+        deployments = deployments.filter(node__name=node)
+    return render(request, "hosting/deployment_list.html", {"deployments": deployments, "node": node})
+
+
+@login_required
+def deployment_edit(request, name, pk=None):
+    require_operator(request)
+    node = get_object_or_404(Node, name=name)
+    instance = get_object_or_404(Deployment, pk=pk, node=node) if pk else None
+    initial = {}
+    if instance is None:
+        default_build = node.builds.filter(status=Build.READY, is_default=True).first()
+        initial = {"port": suggest_port(node), "build": default_build, "preset": "seed-single-gpu"}
+    form = DeploymentForm(request.POST or None, node=node, instance=instance, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            deployment = form.save()
+            deployment.created_by = deployment.created_by or request.user
+            deployment.save(update_fields=["created_by"])
+            try:
+                operation = services.set_desired(deployment, "launch" if instance is None else "restart", request.user)
+            except services.Refused as exc:
+                messages.error(request, f"Saved, not started: {exc}")
+            else:
+                messages.success(request, f"{deployment.name}: {operation.get_kind_display()} sent to {node.name}.")
+        return redirect(deployment)
+    return render(request, "hosting/deployment_form.html", {"form": form, "node": node, "deployment": instance})
+
+
+@login_required
+def deployment_detail(request, pk):
+    deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
+    operations = deployment.node.operations.filter(target=deployment.name,
+                                                   kind__in=["launch", "stop", "restart"])[:10]
+    context = {"deployment": deployment, "operations": operations}
+    if request.htmx:
+        return render(request, "hosting/deployment_detail.html#live", context)
+    return render(request, "hosting/deployment_detail.html", context)
+
+
+@login_required
+@require_POST
+def deployment_action(request, pk, action):
+    require_operator(request)
+    deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
+    try:
+        services.set_desired(deployment, action, request.user)
+    except services.Refused as exc:
+        messages.error(request, f"Not started: {exc}")
+    return redirect(deployment)
+
+
+@login_required
+def deployment_delete(request, pk):
+    require_operator(request)
+    deployment = get_object_or_404(Deployment.objects.select_related("node"), pk=pk)
+    if request.method == "POST":
+        if deployment.desired_state == Deployment.RUNNING and deployment.actual_state not in ("stopped", "failed"):
+            messages.error(request, "Stop the server before deleting the deployment.")
+            return redirect(deployment)
+        node = deployment.node
+        with transaction.atomic():
+            deployment_id = deployment.pk
+            deployment.delete()
+            transaction.on_commit(lambda: app.send_task(protocol.AGENT_FORGET_DEPLOYMENT, args=[deployment_id],
+                                                        queue=node.queue))
+        messages.success(request, "Deployment deleted.")
+        return redirect("deployment_list")
+    return render(request, "hosting/deployment_confirm_delete.html", {"deployment": deployment})

@@ -1,0 +1,367 @@
+"""Keeping llama-server processes in the state the panel asks for.
+
+Each server runs in its own process session (it outlives the agent) with its log in a file. Its pid and
+command line are written to the state folder, so an agent that starts again re-adopts it (pid + command-line
+check) instead of launching a duplicate. A crashed server is restarted with exponential backoff; one that
+keeps crashing is marked failed with its last log lines. Plain Python, no Django.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+from .serverspec import ServerSpec, SpecError, launch_args
+
+log = logging.getLogger("morpheus.agent.supervisor")
+
+STOPPED, STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "stopped", "starting", "loading", "healthy", "backoff", "failed"
+MAX_CRASHES = 5  # within CRASH_WINDOW seconds → failed
+CRASH_WINDOW = 600
+BACKOFF_BASE, BACKOFF_MAX = 1.0, 60.0
+STOP_TIMEOUT = 10.0
+
+
+def port_free(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def read_cmdline(pid):
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pid_alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def tail(path, lines=40):
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(deque(data.splitlines(), maxlen=lines))
+
+
+def probe_health(host, port, timeout=1.0):
+    """healthy | loading | None (not answering)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if ":" in target:
+        target = f"[{target}]"
+    try:
+        with urllib.request.urlopen(f"http://{target}:{port}/health", timeout=timeout) as response:
+            return HEALTHY if response.status == 200 else LOADING
+    except urllib.error.HTTPError as exc:
+        return LOADING if exc.code == 503 else None
+    except (OSError, ValueError):
+        return None
+
+
+class Server:
+    """One deployment on this rig: its spec, its process, its history."""
+
+    def __init__(self, spec, folder):
+        self.spec = spec
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pid = None
+        self.cmdline = None
+        self.popen = None
+        self.state = STOPPED
+        self.started_at = None
+        self.restarts = 0
+        self.crashes = deque(maxlen=MAX_CRASHES)
+        self.next_start = 0.0
+        self.message = ""
+        self.last_exit = None
+        self.healthy_generation = None
+
+    @property
+    def log_path(self):
+        return self.folder / "server.log"
+
+    @property
+    def key_path(self):
+        return self.folder / "api-key"
+
+    @property
+    def state_path(self):
+        return self.folder / "state.json"
+
+    def save(self):
+        data = {"spec": self.spec.to_dict(), "pid": self.pid, "cmdline": self.cmdline, "started_at": self.started_at,
+                "restarts": self.restarts, "crashes": list(self.crashes), "state": self.state,
+                "message": self.message}
+        tmp = self.state_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, self.state_path)
+
+    @classmethod
+    def load(cls, folder):
+        data = json.loads((Path(folder) / "state.json").read_text())
+        server = cls(ServerSpec.from_dict(data["spec"]), folder)
+        server.pid, server.cmdline = data.get("pid"), data.get("cmdline")
+        server.started_at, server.restarts = data.get("started_at"), data.get("restarts", 0)
+        server.crashes.extend(data.get("crashes", []))
+        server.state, server.message = data.get("state", STOPPED), data.get("message", "")
+        return server
+
+    def is_running(self):
+        """Our process, alive: the pid exists, is not a zombie, and still runs the command line we started."""
+        if self.pid is None:
+            return False
+        if self.popen is not None and self.popen.poll() is not None:
+            self.last_exit = self.popen.returncode
+            return False
+        return pid_alive(self.pid) and read_cmdline(self.pid) == self.cmdline
+
+    def report(self):
+        return {
+            "deployment": self.spec.deployment_id,
+            "state": self.state,
+            "pid": self.pid if self.is_running() else None,
+            "port": self.spec.port,
+            "host": self.spec.host,
+            "started_at": self.started_at,
+            "restarts": self.restarts,
+            "message": self.message,
+            "log": tail(self.log_path, 40),
+            "generation": self.spec.generation,
+            "desired": self.spec.desired,
+            "binary": self.spec.binary,
+        }
+
+
+class Supervisor:
+    def __init__(self, state_dir, on_report=None, interval=1.0):
+        self.dir = Path(state_dir) / "servers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.on_report = on_report
+        self.interval = interval
+        self.servers = {}
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._last_sent = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def adopt_existing(self):
+        """After an agent restart: take back servers that kept running (same pid and command line)."""
+        for state_file in sorted(self.dir.glob("*/state.json")):
+            try:
+                server = Server.load(state_file.parent)
+            except (OSError, ValueError, SpecError) as exc:
+                log.warning("ignoring unreadable server state %s: %s", state_file, exc)
+                continue
+            if server.is_running():
+                server.message = f"re-adopted pid {server.pid} after the agent restarted"
+                log.info("deployment %s: %s", server.spec.deployment_id, server.message)
+            elif server.spec.desired == "running":
+                server.pid = None
+                server.state = STOPPED
+                server.message = "was not running when the agent started; starting it"
+            self.servers[server.spec.deployment_id] = server
+
+    def start(self):
+        self.adopt_existing()
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop_loop(self):
+        self._stop.set()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+            self._stop.wait(self.interval)
+
+    # --- desired state ---------------------------------------------------------------------------
+    def apply(self, spec_data):
+        """Store what the panel wants for one deployment; the loop converges to it. Raises SpecError."""
+        spec = ServerSpec.from_dict(spec_data)
+        with self.lock:
+            server = self.servers.get(spec.deployment_id)
+            if server is None:
+                server = Server(spec, self.dir / str(spec.deployment_id))
+                self.servers[spec.deployment_id] = server
+            elif spec.generation != server.spec.generation or spec.desired != server.spec.desired:
+                changed_launch = launch_args(spec) != launch_args(server.spec) or spec.api_key != server.spec.api_key
+                restart_asked = spec.generation != server.spec.generation and spec.desired == "running"
+                if server.is_running() and (changed_launch or restart_asked):
+                    self._terminate(server, "restarting with new settings")
+                    server.restarts += 1
+                server.spec = spec
+                server.crashes.clear()
+                server.next_start = 0.0
+                if server.state == FAILED:
+                    server.state = STOPPED
+            server.save()
+        self.reconcile_one(server)
+        return server.report()
+
+    def forget(self, deployment_id):
+        """The deployment was deleted on the panel: stop it and drop its state."""
+        with self.lock:
+            server = self.servers.pop(int(deployment_id), None)
+        if server is not None:
+            self._terminate(server, "deleted")
+            server.state_path.unlink(missing_ok=True)
+
+    def reconcile(self):
+        with self.lock:
+            servers = list(self.servers.values())
+        for server in servers:
+            self.reconcile_one(server)
+
+    def reconcile_one(self, server):
+        with self.lock:
+            before = (server.state, server.pid, server.restarts, server.message)
+            if server.spec.desired == "stopped":
+                if server.is_running():
+                    self._terminate(server, "stopped by the provider")
+                elif server.state != STOPPED:
+                    server.state, server.message = STOPPED, server.message or "stopped"
+            else:
+                self._keep_running(server)
+            if (server.state, server.pid, server.restarts, server.message) != before:
+                server.save()
+        self._send(server, force=(server.state, server.pid, server.restarts, server.message) != before)
+
+    def _keep_running(self, server):
+        now = time.time()
+        if server.state == FAILED:
+            return
+        if server.is_running():
+            health = probe_health(server.spec.host, server.spec.port)
+            if health == HEALTHY:
+                if server.state != HEALTHY:
+                    server.message = f"healthy ({now - (server.started_at or now):.2f} s after launch)"
+                server.state = HEALTHY
+            elif health == LOADING:
+                server.state = LOADING
+            elif server.state not in (STARTING, LOADING):
+                server.state = STARTING
+            return
+        if server.state in (STARTING, LOADING, HEALTHY) and server.pid is not None:
+            self._crashed(server, now)
+            return
+        if server.state == BACKOFF and now < server.next_start:
+            return
+        self._launch(server)
+
+    def _crashed(self, server, now):
+        exit_text = f"exit code {server.last_exit}" if server.last_exit is not None else "the process is gone"
+        server.crashes.append(now)
+        server.pid, server.popen = None, None
+        recent = [t for t in server.crashes if now - t <= CRASH_WINDOW]
+        last_lines = tail(server.log_path, 15)
+        if len(recent) >= MAX_CRASHES:
+            server.state = FAILED
+            server.message = (f"crashed {len(recent)} times in {CRASH_WINDOW // 60} min ({exit_text}); not restarting "
+                              f"until its settings change or it is started again. Last log lines:\n{last_lines}")
+            return
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (len(recent) - 1))
+        server.state = BACKOFF
+        server.next_start = now + delay
+        server.message = f"crashed ({exit_text}); restart {len(recent)} in {delay:.0f} s"
+
+    def _launch(self, server):
+        spec = server.spec
+        if not os.access(spec.binary, os.X_OK):
+            server.state, server.message = FAILED, f"the build's binary {spec.binary} is missing or not executable"
+            return
+        if not os.path.isfile(spec.model_path):
+            server.state, server.message = FAILED, f"the model file {spec.model_path} is not on this rig"
+            return
+        if not port_free(spec.host, spec.port):
+            server.state = FAILED
+            server.message = f"port {spec.port} on {spec.host} is already in use by another program; choose another"
+            return
+        key_file = None
+        if spec.api_key:
+            fd = os.open(server.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(spec.api_key + "\n")
+            key_file = server.key_path
+        args = launch_args(spec, key_file)
+        with open(server.log_path, "ab") as log_file:
+            log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launching: {' '.join(args)}\n".encode())
+            log_file.flush()
+            popen = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=server.folder)
+        if server.started_at is not None:
+            server.restarts += 1
+        server.popen, server.pid = popen, popen.pid
+        server.cmdline = args
+        server.started_at = time.time()
+        server.state, server.message = STARTING, f"launched pid {popen.pid}"
+        server.last_exit = None
+
+    def _terminate(self, server, why):
+        pid = server.pid
+        if pid is not None and server.is_running():
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while time.monotonic() < deadline and server.is_running():
+                time.sleep(0.05)
+            if server.is_running():
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                while server.is_running():
+                    time.sleep(0.05)
+                why += f" (killed after {STOP_TIMEOUT:.0f} s)"
+        server.pid, server.popen, server.state, server.message = None, None, STOPPED, why
+        server.save()
+
+    # --- reports ---------------------------------------------------------------------------------
+    def _send(self, server, force=False):
+        if self.on_report is None:
+            return
+        now = time.monotonic()
+        key = server.spec.deployment_id
+        if force or now - self._last_sent.get(key, 0) >= 10:
+            self._last_sent[key] = now
+            try:
+                self.on_report(server.report())
+            except Exception:
+                log.exception("deployment report failed")
+
+    def snapshot(self):
+        with self.lock:
+            return [server.report() for server in self.servers.values()]
