@@ -66,8 +66,8 @@ class Deployment(models.Model):
 
     node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=40, validators=[_slug])
-    model_file = models.ForeignKey("models_catalog.RigFile", on_delete=models.PROTECT, related_name="deployments")
-    build = models.ForeignKey(Build, on_delete=models.PROTECT, related_name="deployments")
+    model_file = models.ForeignKey("models_catalog.RigFile", on_delete=models.RESTRICT, related_name="deployments")
+    build = models.ForeignKey(Build, on_delete=models.RESTRICT, related_name="deployments")
     host = models.GenericIPAddressField(default="127.0.0.1", help_text="0.0.0.0 to serve other machines")
     port = models.PositiveIntegerField(validators=[MinValueValidator(1024), MaxValueValidator(65535)])
     ctx_size = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(256), MaxValueValidator(1_048_576)])

@@ -17,10 +17,10 @@ def apply_model_files(rig, report, now=None):
     now = now or timezone.now()
     paths = [item["path"] for item in report["files"]]
     if report["mode"] == "remove":
-        RigFile.objects.filter(node=rig, path__in=paths).delete()
+        _drop(RigFile.objects.filter(node=rig, path__in=paths))
         return
     if report["mode"] == "replace":
-        RigFile.objects.filter(node=rig).exclude(path__in=paths).delete()
+        _drop(RigFile.objects.filter(node=rig).exclude(path__in=paths))
     for item in report["files"]:
         existing = RigFile.objects.filter(node=rig, path=item["path"]).first()
         defaults = {
@@ -40,3 +40,10 @@ def apply_model_files(rig, report, now=None):
             # The agent's manifest no longer vouches for it (size or mtime changed): the old check no longer holds.
             defaults.update(verified=False, sha256=item["sha256"])
         RigFile.objects.update_or_create(node=rig, path=item["path"], defaults=defaults)
+
+
+def _drop(rig_files):
+    """Forget files gone from the disk — except those a deployment names: keep them, marked missing."""
+    in_use = rig_files.filter(deployments__isnull=False).distinct()
+    in_use.update(facts_error="missing on the rig's disk", verified=False)
+    rig_files.exclude(pk__in=in_use.values("pk")).delete()

@@ -180,7 +180,8 @@ def rig_file_delete(request, name, pk):
     users = rig_file.used_by()
     if request.method == "POST":
         if users:
-            messages.error(request, f"{rig_file.basename} is used by {', '.join(map(str, users))}: stop those first.")
+            messages.error(request, f"{rig_file.basename} is used by deployment(s) {', '.join(d.name for d in users)}: "
+                                    "stop those first, then delete them or point them at another file.")
             return redirect("rig_files", name=name)
         with transaction.atomic():
             operation = start_operation(rig_file.node, Operation.DELETE_MODEL_FILE, request.user,

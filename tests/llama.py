@@ -1,0 +1,81 @@
+"""llama.cpp for the tests, without GitHub: the source tree vendored in the llama-cpp-python sdist on PyPI,
+made into a git folder (the real `git clone` path), and a CPU `llama-server` built from it once.
+
+Both are cached under ~/.cache/morpheus (CI on the same machine reuses them); on a cold machine they are
+made again: about 75 MB from PyPI and a 4-minute build on 2 cores, then seconds with the ccache folder.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+SDIST_VERSION = "0.3.36"
+TAG = "b0c1e57"  # what the tests build: llama.cpp 0c1e57098 as vendored in that sdist
+CACHE = Path(os.environ.get("MORPHEUS_TEST_CACHE", Path.home() / ".cache" / "morpheus"))
+CCACHE_DIR = CACHE / "ccache"
+
+
+def _run(args, **kwargs):
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def sdist():
+    folder = CACHE / "sdist"
+    found = sorted(folder.glob(f"llama_cpp_python-{SDIST_VERSION}.tar.gz"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+          f"llama-cpp-python=={SDIST_VERSION}", "-d", str(folder)])
+    return sorted(folder.glob(f"llama_cpp_python-{SDIST_VERSION}.tar.gz"))[0]
+
+
+def source_repo():
+    """A git folder holding llama.cpp, tagged TAG — what a provider's `git clone` would give."""
+    repo = CACHE / f"llama.cpp-{SDIST_VERSION}"
+    if (repo / ".git").is_dir() and subprocess.run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", TAG],
+                                                   capture_output=True).returncode == 0:
+        return repo
+    tmp = CACHE / f"llama.cpp-{SDIST_VERSION}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
+    with tarfile.open(sdist()) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix) and m.name != prefix]
+        for member in members:
+            member.name = member.name[len(prefix):]
+        archive.extractall(tmp, members=members, filter="data")
+    git_file = tmp / ".git"
+    if git_file.is_file():  # a submodule pointer left by the sdist's build
+        git_file.unlink()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@localhost",
+           "GIT_COMMITTER_NAME": "tests", "GIT_COMMITTER_EMAIL": "tests@localhost"}
+    _run(["git", "init", "-q", str(tmp)])
+    _run(["git", "-C", str(tmp), "add", "-A"])
+    _run(["git", "-C", str(tmp), "commit", "-q", "-m", f"llama.cpp from llama-cpp-python {SDIST_VERSION}"], env=env)
+    _run(["git", "-C", str(tmp), "tag", TAG])
+    shutil.rmtree(repo, ignore_errors=True)
+    tmp.rename(repo)
+    return repo
+
+
+def server_binary():
+    """A CPU llama-server built from source_repo() through the agent's own builder (cached)."""
+    from nodes.agent import builder
+
+    cached = CACHE / f"llama-server-{TAG}-cpu"
+    if cached.exists():
+        try:
+            builder.server_version(cached)
+            return cached
+        except builder.BuildError:
+            cached.unlink()
+    work = CACHE / "test-builds"
+    build = builder.Builder(work, ccache_dir=CCACHE_DIR)
+    result = build.build(builder.BuildRequest(build_id=1, source=str(source_repo()), ref=TAG, backend="cpu"), {})
+    shutil.copy2(result["binary"], cached)
+    shutil.rmtree(work, ignore_errors=True)
+    return cached
