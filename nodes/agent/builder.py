@@ -21,7 +21,8 @@ DEFAULT_REF = "b6680"
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 URL_RE = re.compile(r"^(https://|ssh://|git@)[A-Za-z0-9.@:/_~+-]+$")
 PROGRESS_RE = re.compile(r"^\[\s*(\d{1,3})%\]")
-VERSION_RE = re.compile(r"version:\s*(\d+)\s*\(([0-9a-f]+)\)")
+# "version: 0.5.0-dev (build 1, commit 1531400)" now; "version: 4589 (1d1e6a90)" in older releases.
+VERSION_RE = re.compile(r"version:\s*(?P<version>\S+)\s*\((?:build\s*(?P<build>\d+),\s*commit\s*)?(?P<commit>[0-9a-f]+)\)")
 
 # CMake options a provider may add, and the values each takes. Anything else is refused.
 ALLOWED_OPTIONS = {
@@ -132,7 +133,10 @@ def server_version(binary, timeout=20):
     match = VERSION_RE.search(text)
     if proc.returncode != 0 or not match:
         raise BuildError(f"{binary} --version failed (exit {proc.returncode}): {text[-300:]}")
-    return {"version": f"{match[1]} ({match[2]})", "build_number": int(match[1]), "commit": match[2],
+    build_number = match["build"] or (match["version"] if match["version"].isdigit() else None)
+    return {"version": f"{match['version']} (build {build_number}, {match['commit']})" if match["build"]
+            else f"{match['version']} ({match['commit']})",
+            "build_number": int(build_number) if build_number else None, "commit": match["commit"],
             "version_text": text[-500:]}
 
 

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("auto", "on", "off")
-ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
-TENSOR_SPLIT_RE = re.compile(r"^\d{1,3}(\.\d{1,3})?(,\d{1,3}(\.\d{1,3})?){0,15}$")
-API_KEY_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{8,128}$")
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}\Z")  # \Z, not $: "$" also matches before a trailing newline
+TENSOR_SPLIT_RE = re.compile(r"^\d{1,3}(\.\d{1,3})?(,\d{1,3}(\.\d{1,3})?){0,15}\Z")
+API_KEY_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{8,128}\Z")
 
 # Extra flags a provider may add: flag → None (no value) or a checker for its value.
 _INT = re.compile(r"^\d{1,7}$")
@@ -89,6 +89,8 @@ def check_host(host):
         address = ipaddress.ip_address(host)
     except ValueError:
         raise SpecError(f"host {host!r} must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+    if getattr(address, "scope_id", None):  # "fe80::1%<anything>" parses, with the text after % unchecked
+        raise SpecError(f"host {host!r} must be an IP address without a %scope")
     return str(address)
 
 

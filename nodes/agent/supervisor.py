@@ -227,7 +227,7 @@ class Supervisor:
                 if server.state == FAILED:
                     server.state = STOPPED
             server.save()
-        self.reconcile_one(server)
+        self.reconcile_one(server, force_report=True)  # the panel waits on this answer
         return server.report()
 
     def forget(self, deployment_id):
@@ -244,7 +244,7 @@ class Supervisor:
         for server in servers:
             self.reconcile_one(server)
 
-    def reconcile_one(self, server):
+    def reconcile_one(self, server, force_report=False):
         with self.lock:
             before = (server.state, server.pid, server.restarts, server.message)
             if server.spec.desired == "stopped":
@@ -256,7 +256,8 @@ class Supervisor:
                 self._keep_running(server)
             if (server.state, server.pid, server.restarts, server.message) != before:
                 server.save()
-        self._send(server, force=(server.state, server.pid, server.restarts, server.message) != before)
+        changed = (server.state, server.pid, server.restarts, server.message) != before
+        self._send(server, force=force_report or changed)
 
     def _keep_running(self, server):
         now = time.time()
@@ -327,6 +328,30 @@ class Supervisor:
         server.started_at = time.time()
         server.state, server.message = STARTING, f"launched pid {popen.pid}"
         server.last_exit = None
+        threading.Thread(target=self._watch_start, args=(server, popen.pid), name=f"start-{spec.deployment_id}",
+                         daemon=True).start()
+
+    def _watch_start(self, server, pid, timeout=900.0):
+        """Probe a fresh server every few milliseconds, so "healthy" is reported the moment it is (the loop polls
+        only once a second)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if server.pid != pid or not server.is_running():
+                return
+            health = probe_health(server.spec.host, server.spec.port, timeout=0.5)
+            if health == HEALTHY:
+                with self.lock:
+                    if server.pid != pid or server.state == HEALTHY:
+                        return
+                    server.state = HEALTHY
+                    server.message = f"healthy ({time.time() - server.started_at:.2f} s after launch)"
+                    server.save()
+                self._send(server, force=True)
+                return
+            if health == LOADING and server.state == STARTING:
+                with self.lock:
+                    server.state = LOADING
+            time.sleep(0.02)
 
     def _terminate(self, server, why):
         pid = server.pid
