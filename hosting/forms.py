@@ -78,6 +78,7 @@ class DeploymentForm(forms.ModelForm):
         others = Deployment.objects.filter(node=self.node, port=data.get("port")).exclude(pk=self.instance.pk)
         if others.exists():
             self.add_error("port", f"port {data['port']} is taken by {others.first().name} on this rig")
+            return data  # add_error dropped "port" from the cleaned data: the spec check below cannot run
         build = data.get("build")
         model_file = data.get("model_file")
         if build is None or model_file is None:

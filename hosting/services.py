@@ -34,7 +34,7 @@ def start_build(node, user, source, ref, backend="auto", options=None):
 
 def adopt_build(node, user, path):
     path = (path or "").strip()
-    if not path.startswith("/") or "\x00" in path or "/../" in path or not path.endswith("llama-server"):
+    if not path.startswith("/") or "\x00" in path or "/../" in path or not path.rsplit("/", 1)[-1].startswith("llama-server"):
         raise Refused("give the absolute path of an existing llama-server binary on the rig")
     with transaction.atomic():
         build = Build.objects.create(node=node, source=path, ref="", backend="auto", adopted=True,

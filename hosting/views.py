@@ -9,7 +9,7 @@ from hosting import services
 from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port
 from hosting.models import Build, Deployment
 from morpheus_admin.celery import app
-from nodes.agent import protocol
+from nodes.agent import protocol, serverspec
 from nodes.models import Node
 from nodes.permissions import require_operator
 
@@ -104,7 +104,9 @@ def deployment_edit(request, name, pk=None):
     initial = {}
     if instance is None:
         default_build = node.builds.filter(status=Build.READY, is_default=True).first()
-        initial = {"port": suggest_port(node), "build": default_build, "preset": "seed-single-gpu"}
+        # The seed's single-GPU values fill the fields; a preset left selected would overwrite what the provider types.
+        seed = {key: value for key, value in serverspec.PRESETS["seed-single-gpu"].items() if key != "label"}
+        initial = {"port": suggest_port(node), "build": default_build, **seed}
     form = DeploymentForm(request.POST or None, node=node, instance=instance, initial=initial)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():

@@ -64,6 +64,15 @@ def source_repo():
 
 def server_binary():
     """A CPU llama-server built from source_repo() through the agent's own builder (cached)."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "llama-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs at once build it once
+        return _server_binary()
+
+
+def _server_binary():
     from nodes.agent import builder
 
     cached = CACHE / f"llama-server-{TAG}-cpu"
@@ -73,9 +82,10 @@ def server_binary():
             return cached
         except builder.BuildError:
             cached.unlink()
-    work = CACHE / "test-builds"
+    work = CACHE / f"test-builds-{os.getpid()}"
     build = builder.Builder(work, ccache_dir=CCACHE_DIR)
     result = build.build(builder.BuildRequest(build_id=1, source=str(source_repo()), ref=TAG, backend="cpu"), {})
-    shutil.copy2(result["binary"], cached)
+    shutil.copy2(result["binary"], cached.with_suffix(".tmp"))
+    os.replace(cached.with_suffix(".tmp"), cached)
     shutil.rmtree(work, ignore_errors=True)
     return cached

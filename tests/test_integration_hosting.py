@@ -201,8 +201,12 @@ def test_it_stops_the_server_frees_the_port_and_refuses_deletes_in_use(hosted, o
     stop = _finished(_op(Operation.STOP), timeout=60)
     assert stop.status == Operation.SUCCEEDED, stop.message
     assert not os.path.exists(f"/proc/{pid}") or "llama-server" not in _cmdline(pid)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # free again
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with socket.socket() as sock:  # free for the next server (which, like llama-server, sets SO_REUSEADDR)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
     assert _state(deployment).actual_state == "stopped"
 
 

@@ -220,7 +220,6 @@ class Supervisor:
                 restart_asked = spec.generation != server.spec.generation and spec.desired == "running"
                 if server.is_running() and (changed_launch or restart_asked):
                     self._terminate(server, "restarting with new settings")
-                    server.restarts += 1
                 server.spec = spec
                 server.crashes.clear()
                 server.next_start = 0.0

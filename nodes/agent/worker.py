@@ -270,6 +270,9 @@ def download_model(operation_id, request, model_file=None):
 @app.task(name=protocol.AGENT_CANCEL)
 def cancel(operation_id):
     downloader.cancel(operation_id)
+    build_id = _build_of_operation.get(operation_id)
+    if build_id is not None:  # a running llama.cpp build: kill its process group
+        builder.cancel(build_id)
 
 
 @app.task(name=protocol.AGENT_SCAN_MODELS, soft_time_limit=600, time_limit=900)
@@ -356,7 +359,7 @@ def adopt_build(operation_id, build_id, path):
     if not _claim(operation_id):
         return
     try:
-        if not path.startswith("/") or not path.endswith("llama-server"):
+        if not path.startswith("/") or not path.rsplit("/", 1)[-1].startswith("llama-server"):
             raise builds.BuildError(f"{path} is not an absolute path to a llama-server binary")
         version = builds.server_version(path)
         backend = "cuda" if "cuda" in version["version_text"].lower() else "cpu"
