@@ -28,6 +28,18 @@ def _no_stray_broker():
     yield
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """Serialized rollback for browser tests too: inside Playwright's event loop Django hands out new connection
+    objects (DB handles are context-local under a running loop), which lack the snapshot taken at setup."""
+    from django.db import connections
+
+    for conn in connections.all():
+        if hasattr(conn, "_test_serialized_contents"):
+            type(conn)._test_serialized_contents = conn._test_serialized_contents
+    yield
+
+
 # --- users: an operator, a viewer, and an outsider with no role ------------------------------------
 @pytest.fixture
 def operator(db):

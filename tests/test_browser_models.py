@@ -36,10 +36,6 @@ def bar_value(page):
 def test_it_finds_a_model_on_the_hub_and_downloads_it_to_a_rig_with_a_live_progress_bar(
         page, live_server, rigs, operator, hub, settings, tmp_path):
     settings.HF_ENDPOINT = hub.url
-    from django.db import connection
-    from models_catalog.models import CatalogModel
-    print("DEBUG count", CatalogModel.objects.count(), hasattr(connection, "_test_serialized_contents"),
-          "CatalogModel" in getattr(connection, "_test_serialized_contents", ""), "catalog" in getattr(connection, "_test_serialized_contents", ""))
     path = write_tiny_llama(tmp_path / "tinychat.gguf", chat_template="{{ bos_token }}{{ messages }}", pad_to=64 * MiB)
     hub.add_file(REPO, FILENAME, path, rate=16 * MiB)  # a few seconds: long enough to watch the bar move
     hub.add_repo(REPO, downloads=12345, likes=678)
