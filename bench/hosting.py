@@ -64,6 +64,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--launches", type=int, default=5)
     parser.add_argument("--skip-rebuild", action="store_true")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--width", type=int, default=1024)
     args = parser.parse_args()
 
     workdir = _django.setup()
@@ -80,7 +82,9 @@ def main():
     from tests.gguf_model import write_tiny_llama
 
     binary = llama.server_binary()
-    model = write_tiny_llama(workdir / "tiny.gguf", n_layers=4, width=256, heads=8, kv_heads=8, context=2048)
+    # Not the 0.6 MB test model: one that takes llama-server a moment to load, as a real one does (longer).
+    model = write_tiny_llama(workdir / "bench.gguf", n_layers=args.layers, width=args.width, heads=16, kv_heads=8,
+                             context=2048)
     redis_proc, redis_url = localredis.start(workdir / "redis")
     app.conf.broker_url = redis_url
     env = harness.panel_env(redis_url, os.environ["DATABASE_URL"], MORPHEUS_LOG_LEVEL="WARNING")
@@ -92,6 +96,9 @@ def main():
     agent = harness.agent("bench-rig", token, redis_url, workdir / "rig", workdir, interval=5.0,
                           extra_env=agent_env).start()
     user = User.objects.create_superuser("bench", password="bench-password-1")
+    from django.conf import settings
+
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
     client = Client()
     client.force_login(user)
     try:

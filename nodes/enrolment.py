@@ -16,7 +16,7 @@ def agent_command(node, token):
 
 def compose_service(node, token):
     return f"""  agent-{node.name}:
-    image: morpheus-admin:latest
+    image: morpheus-agent:latest  # built from Dockerfile.agent (CUDA toolkit for llama.cpp builds)
     command: ["python", "-m", "nodes.agent", "--node", "{node.name}", "--data-dir", "{AGENT_DATA_DIR}"]
     environment:
       MORPHEUS_BROKER_URL: "{settings.RIG_BROKER_URL}"

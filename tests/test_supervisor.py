@@ -131,7 +131,9 @@ def port_is_free(port):
 
 
 def healthy(supervisors, server, timeout=60):
-    wait_until(lambda: server.state == sup.HEALTHY, timeout=timeout, message=f"healthy ({server.message})")
+    wait_until(lambda: server.state == sup.HEALTHY or server.state == sup.FAILED or not server.is_running(),
+               timeout=timeout, message="healthy")
+    assert server.state == sup.HEALTHY, f"{server.state}: {server.message}\n{sup.tail(server.log_path, 10)}"
     return server.pid
 
 

@@ -350,7 +350,7 @@ class Supervisor:
             if health == LOADING and server.state == STARTING:
                 with self.lock:
                     server.state = LOADING
-            time.sleep(0.02)
+            time.sleep(0.005 if time.time() - server.started_at < 10 else 0.1)
 
     def _terminate(self, server, why):
         pid = server.pid

@@ -395,18 +395,18 @@ _goal_lock = threading.Lock()
 
 
 def _deployment_report(report):
-    agent.send(protocol.DEPLOYMENT, report)
+    # The operation's outcome first: a provider's click waits on it, the state report can follow.
     with _goal_lock:
         pending = _pending_goal.get(report["deployment"])
-        if pending is None or report["generation"] < pending[2]:
-            return
-        operation_id, goal, _generation = pending
-        if report["state"] == goal:
-            del _pending_goal[report["deployment"]]
-            agent.operation(operation_id, "succeeded", report["message"] or goal)
-        elif report["state"] == SERVER_FAILED:
-            del _pending_goal[report["deployment"]]
-            agent.operation(operation_id, "failed", report["message"])
+        if pending is not None and report["generation"] >= pending[2]:
+            operation_id, goal, _generation = pending
+            if report["state"] == goal:
+                del _pending_goal[report["deployment"]]
+                agent.operation(operation_id, "succeeded", report["message"] or goal)
+            elif report["state"] == SERVER_FAILED:
+                del _pending_goal[report["deployment"]]
+                agent.operation(operation_id, "failed", report["message"])
+    agent.send(protocol.DEPLOYMENT, report)
 
 
 supervisor = Supervisor(config.state_dir, on_report=_deployment_report)
@@ -418,7 +418,6 @@ def apply_deployment(operation_id, spec, goal):
 
     with _goal_lock:
         _pending_goal[spec["deployment_id"]] = (operation_id, goal, spec.get("generation", 0))
-    agent.operation(operation_id, "running", f"converging to {goal}")
     try:
         supervisor.apply(spec)
     except SpecError as exc:
