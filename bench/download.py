@@ -47,6 +47,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--link-mib", type=float, default=None,
+                        help="cap the server at this many MiB/s, like a real link (e.g. 119 for 1 Gbit/s)")
     args = parser.parse_args()
 
     workdir = _django.setup()
@@ -60,6 +62,7 @@ def main():
     size = served_path.stat().st_size
     hub = Hub().start()
     hub_file = hub.add_file("bench/Big-GGUF", "big-Q8_0.gguf", served_path)
+    hub_file.rate = args.link_mib * MiB if args.link_mib else None
     url = f"{hub.url}/bench/Big-GGUF/resolve/main/big-Q8_0.gguf"
     redis_proc, redis_url = localredis.start(workdir / "redis")
     app.conf.broker_url = redis_url
@@ -84,6 +87,18 @@ def main():
             out.unlink()
             return elapsed
 
+        def curl_verified_once():
+            """What the agent guarantees, by hand: fetch, check the sha256, make it durable."""
+            out = workdir / "curl.out"
+            started = time.perf_counter()
+            subprocess.run(["curl", "-sS", "-o", str(out), url], check=True)
+            digest = subprocess.run(["sha256sum", str(out)], check=True, capture_output=True, text=True).stdout
+            subprocess.run(["sync", str(out)], check=True)
+            elapsed = time.perf_counter() - started
+            assert digest.split()[0] == hub_file.sha256
+            out.unlink()
+            return elapsed
+
         def agent_once():
             dest.unlink(missing_ok=True)
             op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="bench")
@@ -98,20 +113,25 @@ def main():
                 raise SystemExit(f"download failed: {done.message}")
             return elapsed, done.result["seconds"]
 
-        curl_times, agent_times, agent_inner = [], [], []
-        for _ in range(args.runs):  # interleaved so both see the same machine load
+        curl_times, verified_times, agent_times, agent_inner = [], [], [], []
+        for _ in range(args.runs):  # interleaved so all see the same machine load
             curl_times.append(curl_once())
+            verified_times.append(curl_verified_once())
             total, inner = agent_once()
             agent_times.append(total)
             agent_inner.append(inner)
         mib = size / MiB
         curl_rate = mib / statistics.median(curl_times)
         agent_rate = mib / statistics.median(agent_times)
-        print(f"file: {mib:.0f} MiB from {hub.url} (Python stand-in server), {args.runs} runs each, medians")
+        link = f", link capped at {args.link_mib:g} MiB/s" if args.link_mib else ", loopback uncapped"
+        print(f"file: {mib:.0f} MiB from {hub.url} (Python stand-in server{link}), {args.runs} runs each, medians")
         print(f"curl                       : {curl_rate:8.1f} MiB/s  ({statistics.median(curl_times):.2f} s)")
         print(f"agent, click to succeeded  : {agent_rate:8.1f} MiB/s  ({statistics.median(agent_times):.2f} s; "
               f"agent's own download+verify {statistics.median(agent_inner):.2f} s)")
+        verified_rate = mib / statistics.median(verified_times)
+        print(f"curl + sha256sum + sync    : {verified_rate:8.1f} MiB/s  ({statistics.median(verified_times):.2f} s)")
         print(f"ratio agent/curl           : {agent_rate / curl_rate:8.2f}  (target >= 0.90)")
+        print(f"ratio agent/(curl+verify)  : {agent_rate / verified_rate:8.2f}  (the same guarantees by hand)")
 
         # Kill the agent (SIGKILL) half way through, start it again, count what the server sends twice.
         dest.unlink(missing_ok=True)
@@ -124,7 +144,7 @@ def main():
         wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
         agent.kill()
         at_kill = hub_file.served
-        hub_file.rate = None
+        hub_file.rate = args.link_mib * MiB if args.link_mib else None
         agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0,
                               extra_env=agent_env).start()
         done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),

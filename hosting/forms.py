@@ -62,6 +62,7 @@ class DeploymentForm(forms.ModelForm):
         self.fields["model_file"].queryset = RigFile.objects.filter(node=node)
         self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
         self.fields["model_file"].label = "Model file on this rig"
+        self.fields["model_file"].label_from_instance = lambda rig_file: rig_file.path  # not "<node id>:<path>"
         if self.instance.pk:
             self.fields["extra_flags_text"].initial = "\n".join(self.instance.extra_flags or [])
 

@@ -138,9 +138,12 @@ class Server:
         """Our process, alive: the pid exists, is not a zombie, and still runs the command line we started."""
         if self.pid is None:
             return False
-        if self.popen is not None and self.popen.poll() is not None:
-            self.last_exit = self.popen.returncode
-            return False
+        if self.popen is not None:
+            if self.popen.poll() is not None or not pid_alive(self.pid):
+                # poll() answers None while another thread is polling the same process: wait() gets the exit code.
+                self.last_exit = self.popen.wait()
+                return False
+            return True  # our own child; its /proc cmdline is empty for a moment after exec, so don't compare it
         return pid_alive(self.pid) and read_cmdline(self.pid) == self.cmdline
 
     def report(self):
