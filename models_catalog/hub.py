@@ -31,7 +31,7 @@ def _explain(exc, repo_id=None, revision=None):
         return exc
     if isinstance(exc, errors.GatedRepoError):
         return HubError(f"{repo_id} is gated: accept its terms on Hugging Face and set a token with access "
-                        f"(Hub settings). The Hub answered {exc.response.status_code}.")
+                        f"(Models → Hub token). The Hub answered {exc.response.status_code}.")
     if isinstance(exc, errors.RepositoryNotFoundError):
         return HubError(f"repository {repo_id} not found (or it is private and no valid token is set)")
     if isinstance(exc, errors.RevisionNotFoundError):

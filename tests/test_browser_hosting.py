@@ -55,9 +55,13 @@ def servers_of(folder):
 
 
 @pytest.fixture
-def no_stray_servers(tmp_path):
-    """Servers run in their own session and outlive the agent: stop any this test left behind."""
-    yield tmp_path
+def alpha(rigs, tmp_path):
+    """Rig alpha with a real agent; at teardown the agent stops first (so it cannot relaunch), then any server
+    this test left running: servers run in their own session and outlive the agent."""
+    node, token = make_node("alpha")
+    rigs.start("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
+    yield node
+    rigs.stop_all()
     for pid in servers_of(tmp_path):
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -67,15 +71,17 @@ def no_stray_servers(tmp_path):
         wait_until(lambda: not servers_of(tmp_path), timeout=10, message="llama-server to exit")
     except AssertionError:
         for pid in servers_of(tmp_path):
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
 
 
 def test_it_builds_llama_cpp_hosts_a_model_turns_healthy_live_and_stops_it(
-        page, live_server, rigs, operator, no_stray_servers, tmp_path):
-    node, token = make_node("alpha")
-    rigs.start("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
+        page, live_server, alpha, operator, tmp_path):
+    node = alpha
     model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
-    rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
+    RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)  # as the agent's disk scan finds it
     source = str(llama.source_repo())
     shots = tmp_path / "shots"
     shots.mkdir()
