@@ -187,3 +187,33 @@ def purge_rig_queues(redis_url):
             client.delete(*keys)
     finally:
         client.close()
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def llama_servers_under(folder):
+    """Pids of the llama-servers serving a model under `folder` (a test's own tmp_path)."""
+    return [int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and "llama-server" in (line := cmdline(pid)) and str(folder) in line]
+
+
+def stop_llama_servers_under(folder, timeout=10):
+    """Servers run in their own session and outlive the agent that started them: a test stops its own at teardown
+    (after its agent, so nothing relaunches them)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in llama_servers_under(folder):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                continue
+        try:
+            wait_until(lambda: not llama_servers_under(folder), timeout=timeout, message="llama-server to exit")
+            return
+        except AssertionError:
+            continue

@@ -14,7 +14,7 @@ from models_catalog.models import RigFile
 from tests import llama
 from tests.conftest import make_node
 from tests.gguf_model import write_tiny_llama
-from tests.harness import wait_until
+from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
 from tests.test_browser import WAIT_MS, htmx_requests, log_in
 
 pytestmark = pytest.mark.browser
@@ -40,20 +40,6 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def servers_of(folder):
-    """Pids of the llama-servers serving a model under `folder` (this test's own)."""
-    return [int(pid) for pid in os.listdir("/proc")
-            if pid.isdigit() and "llama-server" in (line := _cmdline(pid)) and str(folder) in line]
-
-
 @pytest.fixture
 def alpha(rigs, tmp_path):
     """Rig alpha with a real agent; at teardown the agent stops first (so it cannot relaunch), then any server
@@ -62,19 +48,7 @@ def alpha(rigs, tmp_path):
     rigs.start("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
     yield node
     rigs.stop_all()
-    for pid in servers_of(tmp_path):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    try:
-        wait_until(lambda: not servers_of(tmp_path), timeout=10, message="llama-server to exit")
-    except AssertionError:
-        for pid in servers_of(tmp_path):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
+    stop_llama_servers_under(tmp_path)
 
 
 def test_it_builds_llama_cpp_hosts_a_model_turns_healthy_live_and_stops_it(
@@ -155,7 +129,7 @@ def test_it_builds_llama_cpp_hosts_a_model_turns_healthy_live_and_stops_it(
     assert page.evaluate("window.__marker") == 2, "the state came from a reload, not the live poll"
     deployment = Deployment.objects.get(node=node, name="tiny")
     pid = deployment.pid
-    assert pid and str(tmp_path) in _cmdline(pid)
+    assert pid and str(tmp_path) in cmdline(pid)
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Stop").click()
@@ -163,7 +137,7 @@ def test_it_builds_llama_cpp_hosts_a_model_turns_healthy_live_and_stops_it(
     page.evaluate("window.__marker = 3")
     expect(state).to_have_text("stopped", timeout=WAIT_MS)
     assert health(port) is None, "the port still answers after the stop"
-    assert "llama-server" not in _cmdline(pid)
+    assert "llama-server" not in cmdline(pid)
     shot(page, shots, "deployment_stopped")
     assert page.evaluate("window.__marker") == 3, "the page reloaded by itself after the stop"
 

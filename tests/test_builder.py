@@ -104,7 +104,8 @@ def test_it_configures_a_cpu_build_without_downloads_or_machine_specific_code(tm
     assert args == [
         "cmake", "-S", str(tmp_path / "src"), "-B", str(tmp_path / "build"),
         "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_NUMBER=1", "-DLLAMA_BUILD_COMMIT=abc1234",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_NUMBER=1", "-DLLAMA_BUILD_COMMIT=abc1234",
     ]
 
 
@@ -172,8 +173,9 @@ def script(tmp_path, name, body):
 
 
 def test_it_reads_the_version_a_current_llama_server_prints(tmp_path):
-    fake = script(tmp_path, "llama-server", "print('version: 0.5.0-dev (build 6680, commit 0c1e57098)', file=sys.stderr)"
-                                            "\nprint('built with cc for x86_64-linux-gnu', file=sys.stderr)")
+    fake = script(tmp_path, "llama-server",
+                  "print('version: 0.5.0-dev (build 6680, commit 0c1e57098)', file=sys.stderr)\n"
+                  "print('built with cc for x86_64-linux-gnu', file=sys.stderr)")
     version = builder.server_version(fake)
     assert (version["version"], version["build_number"], version["commit"]) == (
         "0.5.0-dev (build 6680, 0c1e57098)", 6680, "0c1e57098")
@@ -281,7 +283,8 @@ def test_it_fails_a_bad_ref_with_gits_own_words(tmp_path, source):
         checkout(tmp_path / "builds", source, "no-such-tag", "a")
     assert str(failed.value).startswith("git checkout failed: ")
     message = str(failed.value)
-    assert "no-such-tag" in message and ("invalid reference" in message or "did not match" in message)  # git 2.39 / older
+    # git 2.39 says "invalid reference"; older ones "pathspec ... did not match".
+    assert "no-such-tag" in message and ("invalid reference" in message or "did not match" in message)
 
 
 def test_it_fails_a_source_that_is_not_a_git_repository_with_gits_own_words(tmp_path):

@@ -16,7 +16,7 @@ from nodes.models import Operation
 from tests import llama
 from tests.conftest import make_node
 from tests.gguf_model import write_tiny_llama
-from tests.harness import wait_until
+from tests.harness import llama_servers_under, stop_llama_servers_under, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,12 @@ def llama_server_binary():
 
 
 @pytest.fixture
-def alpha(rigs):
+def alpha(rigs, tmp_path):
     node, token = make_node("alpha")
     agent = rigs.start("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
-    return node, token, agent
+    yield node, token, agent
+    rigs.stop_all()
+    stop_llama_servers_under(tmp_path)
 
 
 def _op(kind):
@@ -175,16 +177,7 @@ def test_it_keeps_serving_while_the_agent_restarts_and_re_adopts_the_server(host
     assert failures == []
     assert _state(deployment).pid == pid
     # No duplicate: exactly one llama-server on that port.
-    servers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).count(str(port)) and "llama-server" in _cmdline(p)]
-    assert servers == [str(pid)]
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    assert llama_servers_under(deployment.model_file.path) == [pid]
 
 
 def test_it_stops_the_server_frees_the_port_and_refuses_deletes_in_use(hosted, operator_client):
@@ -200,7 +193,7 @@ def test_it_stops_the_server_frees_the_port_and_refuses_deletes_in_use(hosted, o
     operator_client.post(f"/deployments/{deployment.pk}/stop/")
     stop = _finished(_op(Operation.STOP), timeout=60)
     assert stop.status == Operation.SUCCEEDED, stop.message
-    assert not os.path.exists(f"/proc/{pid}") or "llama-server" not in _cmdline(pid)
+    assert pid not in llama_servers_under(deployment.model_file.path)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     with socket.socket() as sock:  # free for the next server (which, like llama-server, sets SO_REUSEADDR)

@@ -214,7 +214,8 @@ def test_it_polls_a_build_until_it_is_finished(operator_client, alpha):
     response = operator_client.get(f"/builds/{build.pk}/", **HTMX)
     assert response.status_code == 200 and 'data-status="building"' in page(response)
     assert "<html" not in page(response)
-    Build.objects.filter(pk=build.pk).update(status=Build.FAILED, message="git checkout failed: fatal: invalid reference")
+    Build.objects.filter(pk=build.pk).update(status=Build.FAILED,
+                                             message="git checkout failed: fatal: invalid reference")
     response = operator_client.get(f"/builds/{build.pk}/", **HTMX)
     assert response.status_code == 286 and "fatal: invalid reference" in page(response)
 
@@ -275,7 +276,8 @@ def test_it_hosts_a_model_and_sends_the_launch_to_the_rig(operator_client, opera
                                                           django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = operator_client.post("/rigs/alpha/deployments/new/", form_data(
-            ready_build, rig_file, api_key="sk-0123456789", alias="tiny", extra_flags_text="--no-webui\n--batch-size=256"))
+            ready_build, rig_file, api_key="sk-0123456789", alias="tiny",
+            extra_flags_text="--no-webui\n--batch-size=256"))
     deployment = Deployment.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/deployments/{deployment.pk}/"
     assert (deployment.desired_state, deployment.actual_state, deployment.created_by) == ("running", "pending",
@@ -294,8 +296,7 @@ def test_it_hosts_a_model_and_sends_the_launch_to_the_rig(operator_client, opera
     }
     # The page shows the command line without the key.
     content = page(operator_client.get(f"/deployments/{deployment.pk}/"))
-    assert "--api-key-file <api-key-file>" in content and "sk-0123456789" not in content.replace(
-        'value="sk-0123456789"', "")
+    assert "--api-key-file <api-key-file>" in content and "sk-0123456789" not in content
     assert "http://127.0.0.1:8080/v1" in content
 
 
