@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class HostingConfig(AppConfig):
     name = "hosting"
     verbose_name = "Builds and deployments"
+
+    def ready(self):
+        from hosting.ingest import apply_deployment, operation_changed
+        from nodes import ingest
+
+        ingest.register("deployment", apply_deployment)
+        if operation_changed not in ingest.OPERATION_LISTENERS:
+            ingest.OPERATION_LISTENERS.append(operation_changed)

@@ -26,7 +26,7 @@ def handle_report(node, token, kind, payload, sent_at=None, now=None):
     now = now or timezone.now()
     try:
         rig = authenticate(node, token, now)
-        if not isinstance(kind, str) or kind not in CLEANERS:
+        if not isinstance(kind, str) or kind not in APPLY:
             raise Rejected(f"unknown report kind {kind!r}")
         try:
             clean = CLEANERS[kind](payload)
@@ -175,29 +175,23 @@ def apply_operation(rig, report, now):
     applied = operation.apply_report(report["status"], report["message"], report["result"], now=now,
                                      progress=report["progress"], log_tail=report["log"])
     if applied:
-        from hosting.ingest import operation_changed
-
-        operation_changed(operation)
+        for listener in OPERATION_LISTENERS:
+            listener(operation)
     else:
         log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
 
 
-def apply_model_files(rig, report, now):
-    from models_catalog.ingest import apply_model_files as apply
-
-    apply(rig, report, now)
-
-
-def apply_deployment(rig, report, now):
-    from hosting.ingest import apply_deployment as apply
-
-    apply(rig, report, now)
-
-
+# Report kinds and their writers; other apps add theirs in AppConfig.ready() (their rows, their code).
 APPLY = {
-    "deployment": apply_deployment,
     "hardware": apply_hardware,
     "telemetry": apply_telemetry,
     "operation": apply_operation,
-    "model_files": apply_model_files,
 }
+# Called with an Operation after a report moved it on (e.g. a finished build updates its Build row).
+OPERATION_LISTENERS = []
+
+
+def register(kind, apply):
+    if kind not in CLEANERS:
+        raise ValueError(f"report kind {kind!r} has no validation in nodes.reports")
+    APPLY[kind] = apply
