@@ -16,7 +16,7 @@ from nodes.models import Operation
 from tests import llama
 from tests.conftest import make_node
 from tests.gguf_model import write_tiny_llama
-from tests.harness import llama_servers_under, stop_llama_servers_under, wait_until
+from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -238,3 +238,20 @@ def test_it_refuses_bad_launch_parameters_before_anything_starts(alpha, operator
         launch = _finished(_op(Operation.LAUNCH), timeout=60)
     assert launch.status == Operation.FAILED
     assert f"port {busy}" in launch.message and "already in use" in launch.message
+
+
+def test_it_cancels_a_build_and_kills_its_whole_process_group(alpha, operator_client, tmp_path):
+    node, _, _ = alpha
+    operator_client.post("/rigs/alpha/builds/", {"build-source": str(llama.source_repo()), "build-ref": llama.TAG,
+                                                 "build-backend": "cpu"})
+    build = Build.objects.get(node=node)
+    wait_until(lambda: "compile" in Operation.objects.get(pk=build.operation_id).message, timeout=300,
+               message="the compile step")
+    response = operator_client.post(f"/operations/{build.operation_id}/cancel/")
+    assert response.status_code == 302
+    op = _finished(build.operation, timeout=60)
+    assert op.status == Operation.CANCELLED, op.message
+    assert Build.objects.get(pk=build.pk).status == Build.CANCELLED
+    build_dir = str(tmp_path / "alpha" / "data" / "builds")
+    wait_until(lambda: not [p for p in os.listdir("/proc") if p.isdigit() and build_dir in cmdline(p)],
+               timeout=15, message="no compiler left running")
