@@ -40,6 +40,12 @@ def django_db_setup(django_db_setup):
     yield
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # The real hasher costs ~0.2 s per test user; what it protects is Django's business, not ours.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 # --- users: an operator, a viewer, and an outsider with no role ------------------------------------
 @pytest.fixture
 def operator(db):

@@ -25,11 +25,6 @@ TWO_3090S = {"gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "compute_c
                       {"index": 1, "name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"}]}
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # The real hasher costs ~0.2 s per test user; these tests log in with force_login anyway.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 def page(response):
     return html.unescape(response.content.decode())

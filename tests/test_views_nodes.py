@@ -19,11 +19,6 @@ SEED_TEMPLATE = "Seed sample build: 2x RTX 3090"
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # The real hasher costs ~0.2 s per test user; these tests log in with force_login anyway.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 def page(response):
     return html.unescape(response.content.decode())

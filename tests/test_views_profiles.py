@@ -13,11 +13,6 @@ pytestmark = pytest.mark.django_db
 SEED_TEMPLATE = "Seed sample build: 2x RTX 3090"
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # The real hasher costs ~0.2 s per test user; these tests log in with force_login anyway.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 @pytest.fixture
 def seed():
