@@ -112,21 +112,41 @@ class _Progress(tqdm.tqdm):
             pass
 
 
+def _start_writeback():
+    """sync_file_range(SYNC_FILE_RANGE_WRITE) from libc, or None: starts writing a range to disk without waiting."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_sync_file_range = _start_writeback()
+SYNC_FILE_RANGE_WRITE = 2
+
+
 class _HashingFile:
     """Appends to the partial file and keeps a running sha256; supports what http_get asks of a file.
 
     Writes are synchronous (what `tell()` says is on disk is what a restart resumes from); hashing runs on a
     thread of its own (hashlib releases the GIL), so verifying costs almost no download time. The same thread
-    flushes to disk every SYNC_EVERY bytes, so the final fsync has little left to wait for.
+    starts the disk writeback of every WRITEBACK_EVERY bytes without waiting for it, so the final fsync (the file
+    is durable before it is called ready) has only the tail left to wait for.
     """
 
-    SYNC_EVERY = 64 << 20
+    WRITEBACK_EVERY = 32 << 20
 
     def __init__(self, fh):
         self.fh = fh
         self._queue = queue.Queue(maxsize=64)
         self._sha = hashlib.sha256()
-        self._unsynced = 0
+        self._hashed = 0
+        self._written_back = 0
         self._thread = threading.Thread(target=self._hash_loop, name="sha256", daemon=True)
         self._thread.start()
         self._rehash_existing()
@@ -139,16 +159,15 @@ class _HashingFile:
                     return
                 if isinstance(item, tuple):  # ("reset", event): start over, then say so
                     self._sha = hashlib.sha256()
+                    self._hashed = self._written_back = 0
                     item[1].set()
                 else:
                     self._sha.update(item)
-                    self._unsynced += len(item)
-                    if self._unsynced >= self.SYNC_EVERY:
-                        self._unsynced = 0
-                        try:
-                            os.fdatasync(self.fh.fileno())
-                        except (OSError, ValueError):
-                            pass  # the final fsync reports real trouble
+                    self._hashed += len(item)
+                    if _sync_file_range is not None and self._hashed - self._written_back >= self.WRITEBACK_EVERY:
+                        _sync_file_range(self.fh.fileno(), self._written_back, self._hashed - self._written_back,
+                                         SYNC_FILE_RANGE_WRITE)
+                        self._written_back = self._hashed
             finally:
                 self._queue.task_done()
 
