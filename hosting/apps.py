@@ -6,6 +6,7 @@ class HostingConfig(AppConfig):
     verbose_name = "Builds and deployments"
 
     def ready(self):
+        from hosting import tasks  # noqa: F401  (registered at start-up, as in nodes.apps)
         from hosting.ingest import apply_deployment, operation_changed
         from nodes import ingest
 

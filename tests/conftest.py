@@ -1,4 +1,5 @@
 import os
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,27 @@ def operator_client(client, operator):
 def viewer_client(client, viewer):
     client.force_login(viewer)
     return client
+
+
+QueuedMessage = namedtuple("QueuedMessage", "task args kwargs expires")
+
+
+def queued_messages(queue):
+    """Every task message waiting on `queue` in this process's memory:// broker (taken off it)."""
+    messages = []
+    with celery_app.connection_for_write() as conn:
+        waiting = conn.SimpleQueue(queue)
+        try:
+            while True:
+                message = waiting.get(timeout=0.05)
+                args, kwargs, _embed = message.payload
+                messages.append(QueuedMessage(message.headers["task"], args, kwargs, message.headers.get("expires")))
+                message.ack()
+        except waiting.Empty:
+            pass
+        finally:
+            waiting.close()
+    return messages
 
 
 def make_node(name, **fields):

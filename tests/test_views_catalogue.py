@@ -8,7 +8,7 @@ from models_catalog.models import CatalogModel, HubSettings, ModelFile, RigFile
 from models_catalog.tasks import read_model_facts
 from morpheus_admin.celery import app
 from nodes.models import Operation
-from tests.conftest import make_node
+from tests.conftest import make_node, queued_messages
 from tests.gguf_model import write_tiny_llama
 from tests.hubstub import Hub
 
@@ -28,20 +28,7 @@ def page(response):
 
 def drain(queue):
     """(task name, args, kwargs) of the messages waiting on `queue` in this process's memory:// broker."""
-    messages = []
-    with app.connection_for_write() as conn:
-        waiting = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = waiting.get(timeout=0.05)
-                args, kwargs, _embed = message.payload
-                messages.append((message.headers["task"], args, kwargs))
-                message.ack()
-        except waiting.Empty:
-            pass
-        finally:
-            waiting.close()
-    return messages
+    return [(m.task, m.args, m.kwargs) for m in queued_messages(queue)]
 
 
 @pytest.fixture(scope="module")

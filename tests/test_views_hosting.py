@@ -14,7 +14,7 @@ from models_catalog.models import RigFile
 from morpheus_admin.celery import app
 from nodes.agent import protocol
 from nodes.models import Operation
-from tests.conftest import make_node
+from tests.conftest import make_node, queued_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -32,20 +32,7 @@ def page(response):
 
 def drain(queue):
     """(task name, args, kwargs, expires) of every message waiting on `queue` in the memory:// broker."""
-    messages = []
-    with app.connection_for_write() as conn:
-        waiting = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = waiting.get(timeout=0.05)
-                args, kwargs, _embed = message.payload
-                messages.append((message.headers["task"], args, kwargs, message.headers.get("expires")))
-                message.ack()
-        except waiting.Empty:
-            pass
-        finally:
-            waiting.close()
-    return messages
+    return [tuple(m) for m in queued_messages(queue)]
 
 
 @pytest.fixture

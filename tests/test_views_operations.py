@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from morpheus_admin.celery import app
 from nodes.models import Operation
-from tests.conftest import make_node
+from tests.conftest import make_node, queued_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -22,20 +22,8 @@ def page(response):
 
 
 def drain(queue):
-    """The task messages waiting on `queue` in this process's memory:// broker (and empties it)."""
-    messages = []
-    with app.connection_for_write() as conn:
-        waiting = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = waiting.get(timeout=0.05)
-                messages.append((message.headers["task"], message.payload[0], message.headers.get("expires")))
-                message.ack()
-        except waiting.Empty:
-            pass
-        finally:
-            waiting.close()
-    return messages
+    """(task name, args, expires) of the messages waiting on `queue` in this process's memory:// broker."""
+    return [(m.task, m.args, m.expires) for m in queued_messages(queue)]
 
 
 @pytest.fixture
