@@ -140,9 +140,12 @@ def deployment_action(request, pk, action):
     require_operator(request)
     deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
     try:
-        services.set_desired(deployment, action, request.user)
+        operation = services.set_desired(deployment, action, request.user)
     except services.Refused as exc:
         messages.error(request, f"Not started: {exc}")
+    else:
+        messages.info(request, f"{operation.get_kind_display().capitalize()} sent to {deployment.node.name}; "
+                               "the state below follows it.")
     return redirect(deployment)
 
 
