@@ -85,3 +85,16 @@ def telemetry_payload(at, seed, gpus=8):
             for i in range(gpus)
         ],
     }
+
+
+def wait_until(predicate, timeout, what, every=0.005):
+    """Poll until predicate() is truthy and return it; stop the benchmark with what it waited for otherwise."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"timed out waiting for {what}")

@@ -33,15 +33,6 @@ def make_file(path, mib):
     return path
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +97,7 @@ def main():
             app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
                           kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
                                               "endpoint": hub.url}})
-            done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
+            done = _django.wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
                               600, "the agent's download")
             elapsed = time.perf_counter() - started
             if done.status != Operation.SUCCEEDED:
@@ -141,13 +132,13 @@ def main():
         app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
                       kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
                                           "endpoint": hub.url}})
-        wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
+        _django.wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
         agent.kill()
         at_kill = hub_file.served
         hub_file.rate = args.link_mib * MiB if args.link_mib else None
         agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0,
                               extra_env=agent_env).start()
-        done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
+        done = _django.wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
                           600, "the resumed download")
         again = hub_file.served - size
         print(f"killed at {at_kill / MiB:.0f} MiB served; resumed from {done.result.get('resumed_from', 0) / MiB:.1f} MiB;"

@@ -23,15 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _django  # noqa: E402
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise SystemExit(f"timed out waiting for {what}")
-
 
 def free_port():
     with socket.socket() as sock:
@@ -119,15 +110,15 @@ def main():
             started = time.perf_counter()
             client.post(f"/deployments/{deployment.pk}/launch/")
             op = Operation.objects.filter(kind=Operation.LAUNCH).order_by("-pk").first()
-            done = wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
+            done = _django.wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
                               120, "the launch")
             panel_times.append(time.perf_counter() - started)
             if done.status != Operation.SUCCEEDED:
                 raise SystemExit(f"launch failed: {done.message}")
             client.post(f"/deployments/{deployment.pk}/stop/")
             stop = Operation.objects.filter(kind=Operation.STOP).order_by("-pk").first()
-            wait_until(lambda: Operation.objects.filter(pk=stop.pk, status__in=Operation.TERMINAL).exists(), 60, "stop")
-            wait_until(lambda: not healthy(port), 30, "port released")
+            _django.wait_until(lambda: Operation.objects.filter(pk=stop.pk, status__in=Operation.TERMINAL).exists(), 60, "stop")
+            _django.wait_until(lambda: not healthy(port), 30, "port released")
         hand, panel = statistics.median(hand_times), statistics.median(panel_times)
         print(f"model: {model.stat().st_size / 1e6:.1f} MB llama, CPU, {args.launches} launches each way, medians")
         print(f"by hand (Popen + poll /health)   : {hand * 1000:7.1f} ms   runs {[round(t * 1000) for t in hand_times]}")
@@ -141,7 +132,7 @@ def main():
                 client.post("/rigs/bench-rig/builds/", {"build-source": source, "build-ref": llama.TAG,
                                                         "build-backend": "cpu"})
                 b = Build.objects.filter(node=node, adopted=False).order_by("-pk").first()
-                done = wait_until(lambda: Build.objects.filter(pk=b.pk, status__in=["ready", "failed"]).first(),
+                done = _django.wait_until(lambda: Build.objects.filter(pk=b.pk, status__in=["ready", "failed"]).first(),
                                   1800, "the build")
                 print(f"{attempt:58}: {time.perf_counter() - started:6.1f} s  ({done.status}, agent says "
                       f"{done.duration} s)  target for the rebuild <= 30 s")
