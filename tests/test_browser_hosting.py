@@ -19,7 +19,7 @@ from tests.test_browser import WAIT_MS, htmx_requests, log_in
 
 pytestmark = pytest.mark.browser
 
-BUILD_WAIT_MS = 300_000  # warm ccache: ~30 s; a cold one on two busy cores takes minutes
+BUILD_WAIT_MS = 600_000  # warm ccache: ~30 s (the fixture warms it); a cold compile on two busy cores: minutes
 
 
 def shot(page, folder, name):
@@ -44,6 +44,7 @@ def free_port():
 def alpha(rigs, tmp_path):
     """Rig alpha with a real agent; at teardown the agent stops first (so it cannot relaunch), then any server
     this test left running: servers run in their own session and outlive the agent."""
+    llama.server_binary()  # on a cold machine this fills the ccache, so the build below takes seconds, not minutes
     node, token = make_node("alpha")
     rigs.start("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
     yield node
