@@ -50,9 +50,6 @@ class Build(models.Model):
     def is_ready(self):
         return self.status == self.READY
 
-    def running_deployments(self):
-        return self.deployments.filter(desired_state=Deployment.RUNNING)
-
 
 _slug = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$", "Lowercase letters, digits and '-'.")
 

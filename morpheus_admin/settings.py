@@ -207,6 +207,5 @@ LOGGING = {
 
 # --- Models: Hugging Face (or a mirror) ---------------------------------------------------------------
 HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-HF_TIMEOUT = _env(envconf.env_float, "MORPHEUS_HF_TIMEOUT", 15.0, minimum=1)
 # Refuse a download when the rig's free space would drop under this margin.
 DOWNLOAD_DISK_MARGIN = _env(envconf.env_int, "MORPHEUS_DOWNLOAD_DISK_MARGIN_MB", 1024, minimum=0) * 1024 * 1024

@@ -473,3 +473,20 @@ def test_it_leaves_out_a_deployment_that_cannot_launch_from_the_reminder(alpha, 
     reconcile_deployments()
     [(_task, [specs], _kwargs, _expires)] = drain(alpha.queue)
     assert [s["deployment_id"] for s in specs] == [deployment.pk]
+
+
+def test_it_says_a_healthy_server_is_serving_only_while_its_rig_is_online(viewer_client, alpha, deployment):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Deployment.objects.filter(pk=deployment.pk).update(actual_state="healthy")
+    alpha.last_seen = timezone.now()
+    alpha.save(update_fields=["last_seen"])
+    content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
+    assert "serving" in content and 'id="rig-not-online"' not in content
+
+    alpha.last_seen = timezone.now() - timedelta(minutes=10)
+    alpha.save(update_fields=["last_seen"])
+    content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
+    assert "rig offline: last reported state" in content and "serving" not in content

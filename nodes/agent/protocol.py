@@ -25,7 +25,6 @@ TELEMETRY = "telemetry"
 OPERATION = "operation"
 MODEL_FILES = "model_files"
 DEPLOYMENT = "deployment"
-REPORT_KINDS = (HARDWARE, TELEMETRY, OPERATION, MODEL_FILES, DEPLOYMENT)
 
 NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 PROTOCOL_VERSION = 1
