@@ -98,3 +98,38 @@ def wait_until(predicate, timeout, what, every=0.005):
             return value
         time.sleep(every)
     raise SystemExit(f"timed out waiting for {what}")
+
+
+class PanelWithRig:
+    """A throwaway Redis, a real panel worker and one real rig agent ("bench-rig"), ready when constructed."""
+
+    def __init__(self, workdir, agent_env=None):
+        from morpheus_admin import localredis
+        from morpheus_admin.celery import app
+        from nodes.models import Node
+        from tests import harness
+
+        self.workdir, self.agent_env, self.data_dir = Path(workdir), agent_env or {}, Path(workdir) / "rig"
+        self.redis_proc, self.redis_url = localredis.start(self.workdir / "redis")
+        app.conf.broker_url = self.redis_url
+        env = harness.panel_env(self.redis_url, os.environ["DATABASE_URL"], MORPHEUS_LOG_LEVEL="WARNING")
+        self.worker = harness.panel_worker(env, self.workdir).start()
+        self.node = Node(name="bench-rig")
+        self.token = self.node.set_new_token()
+        self.node.save()
+        self.agent = None
+        self.worker.wait_for_log("ready.", timeout=60)
+        self.start_agent()
+
+    def start_agent(self):
+        from tests import harness
+
+        self.agent = harness.agent("bench-rig", self.token, self.redis_url, self.data_dir, self.workdir,
+                                   interval=5.0, extra_env=self.agent_env).start()
+        self.agent.wait_for_log("ready.", timeout=60)
+
+    def stop(self):
+        if self.agent is not None:
+            self.agent.stop()
+        self.worker.stop()
+        self.redis_proc.terminate()

@@ -43,10 +43,8 @@ def main():
     args = parser.parse_args()
 
     workdir = _django.setup()
-    from morpheus_admin import localredis
     from morpheus_admin.celery import app
-    from nodes.models import Node, Operation
-    from tests import harness
+    from nodes.models import Operation
     from tests.hubstub import Hub
 
     served_path = make_file(workdir / "big.gguf", args.mib)
@@ -55,19 +53,9 @@ def main():
     hub_file = hub.add_file("bench/Big-GGUF", "big-Q8_0.gguf", served_path)
     hub_file.rate = args.link_mib * MiB if args.link_mib else None
     url = f"{hub.url}/bench/Big-GGUF/resolve/main/big-Q8_0.gguf"
-    redis_proc, redis_url = localredis.start(workdir / "redis")
-    app.conf.broker_url = redis_url
-    env = harness.panel_env(redis_url, os.environ["DATABASE_URL"], MORPHEUS_LOG_LEVEL="WARNING")
-    worker = harness.panel_worker(env, workdir).start()
-    node = Node(name="bench-rig")
-    token = node.set_new_token()
-    node.save()
-    data_dir = workdir / "rig"
-    agent_env = {"MORPHEUS_DOWNLOAD_DISK_MARGIN_MB": "16"}
-    agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0, extra_env=agent_env).start()
+    rig = _django.PanelWithRig(workdir, agent_env={"MORPHEUS_DOWNLOAD_DISK_MARGIN_MB": "16"})
+    node, data_dir = rig.node, rig.data_dir
     try:
-        worker.wait_for_log("ready.", timeout=60)
-        agent.wait_for_log("ready.", timeout=60)
         dest = data_dir / "models" / "bench__Big-GGUF" / "big-Q8_0.gguf"
 
         def curl_once():
@@ -133,20 +121,17 @@ def main():
                       kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
                                           "endpoint": hub.url}})
         _django.wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
-        agent.kill()
+        rig.agent.kill()
         at_kill = hub_file.served
         hub_file.rate = args.link_mib * MiB if args.link_mib else None
-        agent = harness.agent("bench-rig", token, redis_url, data_dir, workdir, interval=5.0,
-                              extra_env=agent_env).start()
+        rig.start_agent()
         done = _django.wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
                           600, "the resumed download")
         again = hub_file.served - size
         print(f"killed at {at_kill / MiB:.0f} MiB served; resumed from {done.result.get('resumed_from', 0) / MiB:.1f} MiB;"
               f" fetched again: {again / MiB:.2f} MiB (limit 16 MiB); outcome {done.status}")
     finally:
-        agent.stop()
-        worker.stop()
-        redis_proc.terminate()
+        rig.stop()
         hub.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 

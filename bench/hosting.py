@@ -10,7 +10,6 @@ succeeded (the agent saw /health answer 200 and its report went through Redis an
 """
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -65,27 +64,17 @@ def main():
 
     from hosting.models import Build, Deployment
     from models_catalog.models import RigFile
-    from morpheus_admin import localredis
-    from morpheus_admin.celery import app
     from nodes.agent import serverspec
-    from nodes.models import Node, Operation
-    from tests import harness, llama
+    from nodes.models import Operation
+    from tests import llama
     from tests.gguf_model import write_tiny_llama
 
     binary = llama.server_binary()
     # Not the 0.6 MB test model: one that takes llama-server a moment to load, as a real one does (longer).
     model = write_tiny_llama(workdir / "bench.gguf", n_layers=args.layers, width=args.width, heads=16, kv_heads=8,
                              context=2048)
-    redis_proc, redis_url = localredis.start(workdir / "redis")
-    app.conf.broker_url = redis_url
-    env = harness.panel_env(redis_url, os.environ["DATABASE_URL"], MORPHEUS_LOG_LEVEL="WARNING")
-    worker = harness.panel_worker(env, workdir).start()
-    node = Node(name="bench-rig")
-    token = node.set_new_token()
-    node.save()
-    agent_env = {"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)}
-    agent = harness.agent("bench-rig", token, redis_url, workdir / "rig", workdir, interval=5.0,
-                          extra_env=agent_env).start()
+    rig = _django.PanelWithRig(workdir, agent_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
+    node = rig.node
     user = User.objects.create_superuser("bench", password="bench-password-1")
     from django.conf import settings
 
@@ -93,8 +82,6 @@ def main():
     client = Client()
     client.force_login(user)
     try:
-        worker.wait_for_log("ready.", timeout=60)
-        agent.wait_for_log("ready.", timeout=60)
         build = Build.objects.create(node=node, status=Build.READY, adopted=True, binary_path=str(binary),
                                      source=str(binary))
         rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
@@ -137,9 +124,7 @@ def main():
                 print(f"{attempt:58}: {time.perf_counter() - started:6.1f} s  ({done.status}, agent says "
                       f"{done.duration} s)  target for the rebuild <= 30 s")
     finally:
-        agent.stop()
-        worker.stop()
-        redis_proc.terminate()
+        rig.stop()
 
 
 if __name__ == "__main__":
