@@ -25,7 +25,7 @@ GPUS_PER_RIG = 8
 
 
 def add_rigs(first, count, now):
-    from nodes.models import GPU, HardwareProfile, Node, hash_token
+    from nodes.models import GPU, HardwareProfile, Node
 
     template = HardwareProfile.objects.filter(is_template=True).first()
     hardware = _django.hardware_payload(GPUS_PER_RIG)
@@ -34,7 +34,7 @@ def add_rigs(first, count, now):
         # Mostly online, some stale or offline, as on a real fleet.
         age = 900 if i % 23 == 0 else 15 if i % 11 == 0 else i % 5
         rigs.append(Node(
-            name=f"rig-{i:04d}", token_hash=hash_token(f"token-{i}"), last_seen=now - timedelta(seconds=age),
+            name=f"rig-{i:04d}", token=f"token-{i:04d}-" + "x" * 32, last_seen=now - timedelta(seconds=age),
             last_status=Node.ONLINE, telemetry_interval=5.0, hardware=hardware, hardware_at=now,
             host_reading={"cpu_percent": float(i % 100), "ram_used": 20 * _django.GiB, "disk_free": 10**11,
                           "at": now.isoformat()},

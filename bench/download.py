@@ -43,7 +43,8 @@ def main():
     args = parser.parse_args()
 
     workdir = _django.setup()
-    from morpheus_admin.celery import app
+    from nodes.agent import protocol
+    from nodes.channel import send_command
     from nodes.models import Operation
     from tests.hubstub import Hub
 
@@ -53,6 +54,7 @@ def main():
     hub_file = hub.add_file("bench/Big-GGUF", "big-Q8_0.gguf", served_path)
     hub_file.rate = args.link_mib * MiB if args.link_mib else None
     url = f"{hub.url}/bench/Big-GGUF/resolve/main/big-Q8_0.gguf"
+    request = {"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}], "endpoint": hub.url}}
     rig = _django.PanelWithRig(workdir, agent_env={"MORPHEUS_DOWNLOAD_DISK_MARGIN_MB": "16"})
     node, data_dir = rig.node, rig.data_dir
     try:
@@ -82,9 +84,7 @@ def main():
             dest.unlink(missing_ok=True)
             op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="bench")
             started = time.perf_counter()
-            app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
-                          kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
-                                              "endpoint": hub.url}})
+            send_command(node, protocol.AGENT_DOWNLOAD_MODEL, request, operation=op.pk)
             done = _django.wait_until(lambda: Operation.objects.filter(pk=op.pk, status__in=Operation.TERMINAL).first(),
                               600, "the agent's download")
             elapsed = time.perf_counter() - started
@@ -117,9 +117,7 @@ def main():
         hub_file.rate = 64 * MiB
         hub_file.served = 0
         op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="bench-kill")
-        app.send_task("agent.download_model", args=[op.pk], queue=node.queue,
-                      kwargs={"request": {"repo_id": "bench/Big-GGUF", "files": [{"filename": "big-Q8_0.gguf"}],
-                                          "endpoint": hub.url}})
+        send_command(node, protocol.AGENT_DOWNLOAD_MODEL, request, operation=op.pk)
         _django.wait_until(lambda: (Operation.objects.get(pk=op.pk).progress_done or 0) >= size // 2, 600, "half the file")
         rig.agent.kill()
         at_kill = hub_file.served

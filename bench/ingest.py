@@ -41,9 +41,17 @@ def enrol(rigs):
         hardware = _django.hardware_payload(GPUS_PER_RIG, interval=5.0)
         for gpu in hardware["gpus"]:
             gpu["uuid"] = f"{gpu['uuid']}-{i}"
-        reason = ingest.handle_report(node.name, tokens[node.name], "hardware", hardware)
+        reason = ingest.handle_report(**signed(node.name, tokens[node.name], "hardware", hardware, 1))
         assert reason is None, reason
     return tokens
+
+
+def signed(name, token, kind, payload, seq, sent_at=None):
+    """A report as the agent sends it: signed with the rig's key (nodes/agent/envelope.py)."""
+    from nodes.agent import envelope
+
+    return envelope.sign_report(envelope.derive_keys(token), rig=name, kind=kind, payload=payload, seq=seq,
+                                now=sent_at)
 
 
 def reports(tokens, rounds):
@@ -52,7 +60,7 @@ def reports(tokens, rounds):
     for r in range(rounds):
         for i, (name, token) in enumerate(tokens.items()):
             payload = _django.telemetry_payload(base + r * 5, seed=r * 1000 + i, gpus=GPUS_PER_RIG)
-            yield {"node": name, "token": token, "kind": "telemetry", "payload": payload, "sent_at": base + r * 5}
+            yield signed(name, token, "telemetry", payload, r + 2, sent_at=base + r * 5)
 
 
 def check_applied(tokens, rounds):

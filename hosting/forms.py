@@ -43,7 +43,12 @@ class AdoptForm(forms.Form):
                            help_text="e.g. /home/me/llama.cpp/build/bin/llama-server")
 
 
+API_KEY_HELP = ("Needed on any host but 127.0.0.1; clients send it as a Bearer token. It is kept in a file on the rig, "
+                "not on the command line.")
+
+
 class DeploymentForm(forms.ModelForm):
+    remove_api_key = forms.BooleanField(required=False, label="remove the API key")
     preset = forms.ChoiceField(required=False, choices=[("", "— none —")] + [
         (key, value["label"]) for key, value in serverspec.PRESETS.items()])
     extra_flags_text = forms.CharField(required=False, label="Extra flags", widget=forms.Textarea(attrs={"rows": 2}),
@@ -54,7 +59,7 @@ class DeploymentForm(forms.ModelForm):
         model = Deployment
         fields = ["name", "model_file", "build", "host", "port", "ctx_size", "n_gpu_layers", "parallel", "threads",
                   "tensor_split", "flash_attn", "cache_type_k", "cache_type_v", "alias", "api_key"]
-        widgets = {"api_key": forms.PasswordInput(render_value=True)}
+        widgets = {"api_key": forms.PasswordInput(render_value=False)}  # a stored key is never sent back
 
     def __init__(self, *args, node, **kwargs):
         super().__init__(*args, **kwargs)
@@ -65,10 +70,26 @@ class DeploymentForm(forms.ModelForm):
         self.fields["model_file"].label_from_instance = lambda rig_file: rig_file.path  # not "<node id>:<path>"
         if self.instance.pk:
             self.fields["extra_flags_text"].initial = "\n".join(self.instance.extra_flags or [])
+        self.key_set = bool(self.instance.pk and self.instance.api_key)
+        self.fields["api_key"].help_text = "set — leave blank to keep" if self.key_set else API_KEY_HELP
+        if not self.key_set:
+            del self.fields["remove_api_key"]
 
     def clean(self):
         data = super().clean()
         if self.errors:
+            return data
+        if self.key_set and data.get("remove_api_key"):
+            if data.get("api_key"):
+                self.add_error("remove_api_key", "Type a new key or remove it, not both.")
+                return data
+            data["api_key"] = ""
+        elif self.key_set and not data.get("api_key"):
+            data["api_key"] = self.instance.api_key  # left blank: keep the stored key
+        try:
+            serverspec.check_exposure(data["host"], data["api_key"])
+        except serverspec.SpecError as exc:
+            self.add_error("api_key", str(exc))
             return data
         preset = serverspec.PRESETS.get(data.get("preset") or "")
         if preset:

@@ -3,7 +3,8 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from nodes.agent import builder, serverspec
+from morpheus_admin.sealing import SealedTextField
+from nodes.agent import builder, protocol, serverspec
 
 
 class Build(models.Model):
@@ -59,7 +60,7 @@ class Deployment(models.Model):
 
     RUNNING, STOPPED = "running", "stopped"
     DESIRED = [(RUNNING, "running"), (STOPPED, "stopped")]
-    ACTUAL = [(s, s) for s in ("pending", "stopped", "starting", "loading", "healthy", "backoff", "failed")]
+    ACTUAL = [(s, s) for s in ("pending", *protocol.SERVER_STATES)]  # pending: no report from the rig yet
 
     node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=40, validators=[_slug])
@@ -76,7 +77,7 @@ class Deployment(models.Model):
     cache_type_k = models.CharField(max_length=8, default="f16", choices=[(v, v) for v in serverspec.CACHE_TYPES])
     cache_type_v = models.CharField(max_length=8, default="f16", choices=[(v, v) for v in serverspec.CACHE_TYPES])
     alias = models.CharField(max_length=100, blank=True)
-    api_key = models.CharField(max_length=128, blank=True)
+    api_key = SealedTextField(blank=True)  # sealed at rest; never rendered back (see DeploymentForm)
     extra_flags = models.JSONField(default=list, blank=True)
     desired_state = models.CharField(max_length=10, choices=DESIRED, default=RUNNING)
     generation = models.PositiveIntegerField(default=1)
@@ -135,6 +136,9 @@ class Deployment(models.Model):
 
     def command_line(self):
         """The launch command a provider would type (API key hidden)."""
-        spec = self.spec()
+        try:
+            spec = self.spec()
+        except serverspec.SpecError as exc:  # e.g. saved on 0.0.0.0 without a key, before that was refused
+            return f"not launchable: {exc}"
         args = serverspec.launch_args(spec, "<api-key-file>" if spec.api_key else None)
         return " ".join(args)

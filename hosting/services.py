@@ -4,7 +4,8 @@ from django.db import transaction
 from django.db.models import F
 
 from hosting.models import Build, Deployment
-from nodes.agent import builder, serverspec
+from nodes.agent import builder, protocol, serverspec
+from nodes.channel import send_command
 from nodes.models import Operation
 from nodes.operations import start_operation
 
@@ -56,6 +57,7 @@ def check_deployment(deployment):
         raise Refused("that model file is not on this rig")
     try:
         deployment.spec()
+        serverspec.check_exposure(deployment.host, deployment.api_key)  # spec() passes a stopped one: it binds nothing
     except serverspec.SpecError as exc:
         raise Refused(str(exc)) from None
 
@@ -93,6 +95,19 @@ def delete_build(build, user):
             start_operation(build.node, Operation.DELETE_BUILD, user, target=str(build),
                             payload={"build_id": build.pk})
         build.delete()
+
+
+# The rig must hear it even if it is offline for a while (the periodic reconcile drops it anyway).
+FORGET_TTL = 24 * 3600
+
+
+def delete_deployment(deployment):
+    """Delete the row; tell the rig to stop the server and forget it."""
+    node, deployment_id = deployment.node, deployment.pk
+    with transaction.atomic():
+        deployment.delete()
+        transaction.on_commit(lambda: send_command(node, protocol.AGENT_FORGET_DEPLOYMENT,
+                                                   {"deployment_id": deployment_id}, ttl=FORGET_TTL))
 
 
 def desired_specs(node):

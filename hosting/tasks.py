@@ -1,8 +1,8 @@
 from celery import shared_task
 
 from hosting.services import desired_specs
-from morpheus_admin.celery import app
 from nodes.agent import protocol
+from nodes.channel import NoRigKey, send_command
 from nodes.models import Node
 
 
@@ -16,7 +16,9 @@ def reconcile_deployments(interval=60):
     for node in Node.objects.filter(deployments__isnull=False).distinct():
         if node.status != Node.ONLINE:
             continue
-        app.send_task(protocol.AGENT_RECONCILE_DEPLOYMENTS, args=[desired_specs(node)], queue=node.queue,
-                      expires=interval)
+        try:
+            send_command(node, protocol.AGENT_RECONCILE_DEPLOYMENTS, {"specs": desired_specs(node)}, ttl=interval)
+        except NoRigKey:
+            continue
         sent += 1
     return sent

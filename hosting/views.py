@@ -8,8 +8,8 @@ from django_htmx.http import HTMX_STOP_POLLING
 from hosting import services
 from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port
 from hosting.models import Build, Deployment
-from morpheus_admin.celery import app
-from nodes.agent import protocol, serverspec
+from nodes import reauth
+from nodes.agent import builder, serverspec
 from nodes.models import Node
 from nodes.permissions import require_operator
 
@@ -22,6 +22,9 @@ def rig_builds(request, name):
     if request.method == "POST":
         require_operator(request)
         if form.is_valid():
+            official = (form.cleaned_data["source"], form.cleaned_data["ref"]) == (builder.DEFAULT_SOURCE, builder.DEFAULT_REF)
+            if not official and not reauth.is_recent(request):
+                return reauth.password_page(request)  # other code than the official release: the password again
             try:
                 build = services.start_build(node, request.user, **form.cleaned_data)
             except services.Refused as exc:
@@ -34,6 +37,7 @@ def rig_builds(request, name):
 
 @login_required
 @require_POST
+@reauth.require_recent_password
 def rig_adopt(request, name):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
@@ -157,12 +161,7 @@ def deployment_delete(request, pk):
         if deployment.desired_state == Deployment.RUNNING and deployment.actual_state not in ("stopped", "failed"):
             messages.error(request, "Stop the server before deleting the deployment.")
             return redirect(deployment)
-        node = deployment.node
-        with transaction.atomic():
-            deployment_id = deployment.pk
-            deployment.delete()
-            transaction.on_commit(lambda: app.send_task(protocol.AGENT_FORGET_DEPLOYMENT, args=[deployment_id],
-                                                        queue=node.queue))
+        services.delete_deployment(deployment)
         messages.success(request, "Deployment deleted.")
         return redirect("deployment_list")
     return render(request, "hosting/deployment_confirm_delete.html", {"deployment": deployment})

@@ -27,8 +27,21 @@ def _check(validator, value):
 
 class TokenForm(forms.Form):
     token = forms.CharField(max_length=200, required=False, widget=forms.PasswordInput(render_value=False),
-                            help_text="Starts with hf_. Leave empty and tick 'clear' to remove it.")
-    clear = forms.BooleanField(required=False)
+                            help_text="Starts with hf_.")
+    clear = forms.BooleanField(required=False, label="Remove the token")
+
+    def __init__(self, *args, token_set=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if token_set:
+            self.fields["token"].help_text = "set — leave blank to keep"
+        else:
+            del self.fields["clear"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("clear") and data.get("token"):
+            self.add_error("clear", "Type a new token or remove it, not both.")
+        return data
 
     def clean_token(self):
         token = self.cleaned_data["token"].strip()

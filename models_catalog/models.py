@@ -3,13 +3,14 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from morpheus_admin.sealing import SealedTextField
 from nodes.agent import validation
 
 
 class HubSettings(models.Model):
-    """One row: the Hugging Face token for gated or private repos. It is never rendered back nor logged."""
+    """One row: the Hugging Face token for gated or private repos. Sealed at rest; never rendered back nor logged."""
 
-    token = models.CharField(max_length=200, blank=True)
+    token = SealedTextField(blank=True)
     updated = models.DateTimeField(default=timezone.now)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 

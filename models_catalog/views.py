@@ -15,6 +15,7 @@ from nodes.agent import validation
 from nodes.models import Node, Operation
 from nodes.operations import start_operation
 from nodes.permissions import require_operator
+from nodes.reauth import require_recent_password
 
 
 @login_required
@@ -138,12 +139,13 @@ def download(request, pk):
 
 
 @login_required
+@require_recent_password
 def hub_settings(request):
     require_operator(request)
     current = HubSettings.current()
-    form = TokenForm(request.POST or None)
+    form = TokenForm(request.POST or None, token_set=bool(current.token))
     if request.method == "POST" and form.is_valid():
-        if form.cleaned_data["clear"]:
+        if form.cleaned_data.get("clear"):
             current.token = ""
             messages.success(request, "Hugging Face token removed.")
         elif form.cleaned_data["token"]:

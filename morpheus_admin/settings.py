@@ -35,6 +35,9 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = _env(envconf.env_list, "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = _env(envconf.env_list, "DJANGO_CSRF_TRUSTED_ORIGINS", [])
 DATA_DIR = Path(os.environ.get("MORPHEUS_DATA_DIR", BASE_DIR / "var"))
+# Seals secrets at rest (Hub token, API keys, rig tokens); kept apart from SECRET_KEY (morpheus_admin/sealing.py).
+SECRETS_KEY = os.environ.get("MORPHEUS_SECRETS_KEY", "")
+SECRETS_KEY_FILE = Path(os.environ.get("MORPHEUS_SECRETS_KEY_FILE", DATA_DIR / "secrets.key"))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -44,6 +47,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "django_htmx",
     "template_partials",
     "nodes",
@@ -57,9 +63,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "accounts.middleware.SecondFactorMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 if PRODUCTION:
@@ -110,6 +119,18 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+
+# An operator login can run code on every rig: failed logins lock out a name from an address (django-axes),
+# a TOTP code can be a second step (django-otp), and the riskiest actions ask for the password again.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = _env(envconf.env_int, "MORPHEUS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=_env(envconf.env_int, "MORPHEUS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "code"]
+OTP_TOTP_ISSUER = "Morpheus Admin"
+REQUIRE_2FA_FOR_OPERATORS = _env(envconf.env_bool, "MORPHEUS_REQUIRE_2FA_FOR_OPERATORS", False)
+REAUTH_MINUTES = _env(envconf.env_int, "MORPHEUS_REAUTH_MINUTES", 10, minimum=1)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -188,6 +209,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": RECONCILE_INTERVAL,
         "kwargs": {"interval": RECONCILE_INTERVAL},
         "options": {"expires": RECONCILE_INTERVAL},
+    },
+    "sync-broker-accounts": {
+        "task": "panel.sync_broker_accounts",
+        "schedule": 60.0,
+        "options": {"expires": 60},
     },
     "prune-telemetry": {
         "task": "panel.prune_history",

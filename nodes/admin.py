@@ -6,7 +6,7 @@ from nodes.models import GPU, HardwareProfile, Node, Operation, Part, StatusChan
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     list_display = ["name", "last_status", "last_seen", "profile"]
-    readonly_fields = ["token_hash", "last_seen", "hardware", "hardware_at", "host_reading", "token_rejected_at"]
+    readonly_fields = ["last_seen", "hardware", "hardware_at", "host_reading", "token_rejected_at"]
 
 
 class PartInline(admin.TabularInline):

@@ -1,28 +1,46 @@
-"""What the panel prints, once, for starting a rig's agent: a shell command and a compose service."""
+"""What the panel prints, once, for starting a rig's agent: a shell command and a compose service.
+
+They carry only that rig's credentials: the broker address without the panel's admin login (the agent logs in as
+its own rig account, from its token) and the token, written to a 0600 file rather than put on a command line.
+"""
 
 import shlex
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 
-AGENT_DATA_DIR = "/var/lib/morpheus-agent"
+AGENT_DATA_DIR = "~/.morpheus-agent"
+CONTAINER_DATA_DIR = "/var/lib/morpheus-agent"
+
+
+def rig_broker_url():
+    """MORPHEUS_RIG_BROKER_URL (else REDIS_URL) with any user and password removed: never the admin's login."""
+    parts = urlsplit(settings.RIG_BROKER_URL)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def agent_command(node, token):
+    data_dir = AGENT_DATA_DIR
     return (
-        f"MORPHEUS_NODE_TOKEN={shlex.quote(token)} python -m nodes.agent"
-        f" --broker {shlex.quote(settings.RIG_BROKER_URL)} --node {node.name} --data-dir {AGENT_DATA_DIR}"
+        f"mkdir -p {data_dir} && (umask 077 && printf '%s\\n' {shlex.quote(token)} > {data_dir}/token)\n"
+        f".venv/bin/python -m nodes.agent --broker {shlex.quote(rig_broker_url())} --node {node.name}"
+        f" --data-dir {data_dir}"
     )
 
 
 def compose_service(node, token):
     return f"""  agent-{node.name}:
     image: morpheus-agent:latest  # built from Dockerfile.agent (CUDA toolkit for llama.cpp builds)
-    command: ["python", "-m", "nodes.agent", "--node", "{node.name}", "--data-dir", "{AGENT_DATA_DIR}"]
+    command: ["python", "-m", "nodes.agent", "--node", "{node.name}", "--data-dir", "{CONTAINER_DATA_DIR}"]
     environment:
-      MORPHEUS_BROKER_URL: "{settings.RIG_BROKER_URL}"
+      MORPHEUS_BROKER_URL: "{rig_broker_url()}"
       MORPHEUS_NODE_TOKEN: "{token}"
     volumes:
-      - agent-{node.name}-data:{AGENT_DATA_DIR}
+      - agent-{node.name}-data:{CONTAINER_DATA_DIR}
     restart: unless-stopped
     deploy:
       resources:

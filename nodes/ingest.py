@@ -4,8 +4,10 @@ import logging
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.db import connection, transaction
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from nodes.agent import envelope
 from nodes.agent.protocol import NODE_NAME_RE
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, minute_floor
 from nodes.reports import CLEANERS, ReportError
@@ -21,45 +23,55 @@ class Rejected(Exception):
     pass
 
 
-def handle_report(node, token, kind, payload, sent_at=None, now=None):
+def handle_report(rig=None, body=None, mac=None, now=None):
     """Returns None when applied, or the reason it was rejected (already logged)."""
     now = now or timezone.now()
     try:
-        rig = authenticate(node, token, now)
+        node, report = authenticate(rig, body, mac, now)
+        kind = report["kind"]
         if not isinstance(kind, str) or kind not in APPLY:
             raise Rejected(f"unknown report kind {kind!r}")
         try:
-            clean = CLEANERS[kind](payload)
+            clean = CLEANERS[kind](report["payload"])
         except ReportError as exc:
             raise Rejected(f"malformed {kind} report: {exc}") from None
     except Rejected as exc:
-        log.warning("report from rig %r rejected: %s", node, exc)
+        log.warning("report from rig %r rejected: %s", rig if isinstance(rig, str) else None, exc)
         return str(exc)
     with transaction.atomic():
         if kind == "telemetry" and connection.vendor == "postgresql":
             # A reading lost in a database crash is replaced seconds later: don't wait for the WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        APPLY[kind](rig, clean, now)
-        rig.last_seen = now
-        Node.objects.filter(pk=rig.pk).update(last_seen=now)
-        rig.record_status(now)
+        APPLY[kind](node, clean, now)
+        offset = report["sent_at"] - now.timestamp()
+        node.last_seen = now
+        # Highest sequence number and the rig's clock offset, for ordering and skew (never moves backwards).
+        Node.objects.filter(pk=node.pk).update(last_seen=now, clock_offset=offset,
+                                               report_seq=Greatest("report_seq", report["seq"]))
+        node.record_status(now)
     return None
 
 
-def authenticate(name, token, now):
+def authenticate(name, body, mac, now):
+    """The rig and its report, if the report is signed with that rig's key; the token itself never travels."""
     if not isinstance(name, str):
         raise Rejected("rig name missing")
     if not NODE_NAME_RE.match(name):  # never query with it (PostgreSQL refuses a NUL, for one)
         raise Rejected("unknown rig")
-    rig = Node.objects.filter(name=name).first()
-    if rig is None:
+    node = Node.objects.filter(name=name).first()
+    if node is None:
         raise Rejected("unknown rig")
-    if not rig.check_token(token):
-        if rig.token_rejected_at is None or now - rig.token_rejected_at > REJECTION_WRITE_EVERY:
-            Node.objects.filter(pk=rig.pk).update(token_rejected_at=now)
-        raise Rejected("token does not match (agent token rejected)")
-    return rig
+    keys = node.keys
+    try:
+        if keys is None:
+            raise envelope.EnvelopeRejected("rig has no key yet: rotate its token and restart its agent")
+        report = envelope.open_report(keys, rig=name, body=body, mac=mac)
+    except envelope.EnvelopeRejected as exc:
+        if node.token_rejected_at is None or now - node.token_rejected_at > REJECTION_WRITE_EVERY:
+            Node.objects.filter(pk=node.pk).update(token_rejected_at=now)
+        raise Rejected(str(exc)) from None
+    return node, report
 
 
 def apply_hardware(rig, hw, now):
@@ -181,11 +193,19 @@ def apply_operation(rig, report, now):
         log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
 
 
+def apply_rejected_command(rig, report, now):
+    """The rig's agent refused a command: show it on the rig's page (it may be a forgery aimed at this rig)."""
+    log.warning("rig %s refused a %s command: %s", rig.name, report["task"], report["reason"])
+    rig.command_rejected_at, rig.command_rejected_reason = now, f"{report['task']}: {report['reason']}"[:300]
+    rig.save(update_fields=["command_rejected_at", "command_rejected_reason"])
+
+
 # Report kinds and their writers; other apps add theirs in AppConfig.ready() (their rows, their code).
 APPLY = {
     "hardware": apply_hardware,
     "telemetry": apply_telemetry,
     "operation": apply_operation,
+    "rejected_command": apply_rejected_command,
 }
 # Called with an Operation after a report moved it on (e.g. a finished build updates its Build row).
 OPERATION_LISTENERS = []

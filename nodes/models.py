@@ -1,4 +1,3 @@
-import hashlib
 import hmac
 import secrets
 from datetime import timedelta
@@ -9,14 +8,12 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from morpheus_admin.sealing import SealedTextField
+from nodes.agent import envelope, protocol
 from nodes.agent.protocol import NODE_NAME_RE, node_queue
 
 STALE_AFTER_INTERVALS = 2
 OFFLINE_AFTER_INTERVALS = 5
-
-
-def hash_token(token):
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Node(models.Model):
@@ -30,7 +27,8 @@ class Node(models.Model):
         help_text="Lowercase letters, digits and '-'; it names the rig's queue.",
     )
     notes = models.TextField(blank=True)
-    token_hash = models.CharField(max_length=64, editable=False)
+    # The rig's token, sealed: its broker password, message key and sealing key derive from it (envelope.py).
+    token = SealedTextField(editable=False, blank=True)
     created = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(null=True, blank=True)
     telemetry_interval = models.FloatField(default=5.0)
@@ -40,6 +38,12 @@ class Node(models.Model):
     hardware_at = models.DateTimeField(null=True, blank=True)
     host_reading = models.JSONField(default=dict, blank=True)
     token_rejected_at = models.DateTimeField(null=True, blank=True)
+    # The last command this rig's agent refused (bad signature, wrong rig or task, expired, replayed).
+    command_rejected_at = models.DateTimeField(null=True, blank=True)
+    command_rejected_reason = models.CharField(max_length=300, blank=True)
+    # From the last authenticated report: its sequence number and the rig's clock minus the panel's, seconds.
+    report_seq = models.BigIntegerField(default=0)
+    clock_offset = models.FloatField(null=True, blank=True)
     profile = models.ForeignKey(
         "nodes.HardwareProfile", null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes"
     )
@@ -59,14 +63,18 @@ class Node(models.Model):
 
     # --- token ------------------------------------------------------------------------------
     def set_new_token(self):
-        token = secrets.token_urlsafe(32)
-        self.token_hash = hash_token(token)
-        return token
+        self.token = secrets.token_urlsafe(32)
+        return self.token
 
     def check_token(self, token):
-        if not isinstance(token, str) or not self.token_hash:
+        if not self.token or not isinstance(token, str):
             return False
-        return hmac.compare_digest(hash_token(token), self.token_hash)
+        return hmac.compare_digest(self.token.encode(), token.encode())
+
+    @property
+    def keys(self):
+        """The rig's keys (broker password, message MAC, sealing), or None for a rig enrolled before they existed."""
+        return envelope.derive_keys(self.token) if self.token else None
 
     # --- status -----------------------------------------------------------------------------
     def status_at(self, now):
@@ -104,6 +112,15 @@ class Node(models.Model):
         if self.token_rejected_at is None:
             return False
         return self.last_seen is None or self.token_rejected_at > self.last_seen
+
+    def login_refused(self, account, now=None):
+        """The broker refused a login as this rig since its agent was last heard (`account` from
+        broker.account_state): an agent holds an old or a wrong token."""
+        ago = account.get("refused_ago")
+        if not account.get("refused_logins") or ago is None:
+            return False
+        refused_at = (now or timezone.now()) - timedelta(seconds=ago)
+        return self.last_seen is None or refused_at > self.last_seen
 
     @property
     def gpu_note(self):
@@ -245,8 +262,9 @@ class Operation(models.Model):
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)
     CANCELLABLE_KINDS = (DOWNLOAD_MODEL, BUILD_LLAMA)
-    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-    STATUS_CHOICES = [(s, s) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)]
+    QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (protocol.QUEUED, protocol.RUNNING, protocol.SUCCEEDED,
+                                                     protocol.FAILED, protocol.CANCELLED)
+    STATUS_CHOICES = [(s, s) for s in protocol.OPERATION_STATES]
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
     kind = models.CharField(max_length=30, choices=KIND_CHOICES)

@@ -5,8 +5,8 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 
-from morpheus_admin.celery import app
 from nodes.agent import protocol
+from nodes.channel import send_command
 from nodes.models import Operation
 
 AGENT_TASKS = {
@@ -24,16 +24,18 @@ AGENT_TASKS = {
 }
 
 
-def _send(operation_id, task_name, queue, payload=None):
-    # A message nobody consumes waits forever; let it expire and expire_operations fail the row.
-    app.send_task(task_name, args=[operation_id], kwargs=payload or {}, queue=queue,
-                  expires=settings.OPERATION_PICKUP_TIMEOUT)
+# A cancel must reach the agent even if it is busy for a while.
+CANCEL_TTL = 24 * 3600
 
 
 def start_operation(node, kind, user=None, target="", payload=None):
-    """`payload` travels to the agent only (it may hold a Hub token): it is not stored on the row."""
+    """`payload` travels to the agent only, its secrets sealed for that rig: it is not stored on the row.
+
+    A message nobody consumes expires after the pickup timeout, and expire_operations fails the row.
+    """
     operation = Operation.objects.create(node=node, kind=kind, requested_by=user, target=target)
-    transaction.on_commit(partial(_send, operation.pk, AGENT_TASKS[kind], node.queue, payload))
+    transaction.on_commit(partial(send_command, node, AGENT_TASKS[kind], payload, operation=operation.pk,
+                                  ttl=settings.OPERATION_PICKUP_TIMEOUT))
     return operation
 
 
@@ -43,7 +45,6 @@ def cancel_operation(operation, now=None):
         return False
     if operation.status == Operation.QUEUED:
         operation.apply_report(Operation.CANCELLED, "cancelled before the rig started it", now=now)
-    queue = operation.node.queue
-    # No expiry: a cancel must reach the agent even if it is busy for a while.
-    transaction.on_commit(lambda: app.send_task(protocol.AGENT_CANCEL, args=[operation.pk], queue=queue))
+    transaction.on_commit(partial(send_command, operation.node, protocol.AGENT_CANCEL, operation=operation.pk,
+                                  ttl=CANCEL_TTL))
     return True

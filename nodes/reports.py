@@ -5,6 +5,8 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 
 import math
 
+from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
+
 TiB = 1024**4
 
 
@@ -144,15 +146,12 @@ def clean_telemetry(payload):
     return clean
 
 
-OPERATION_STATUSES = ("running", "succeeded", "failed", "cancelled")
-
-
 def clean_operation(payload):
     if not isinstance(payload, dict):
         raise ReportError("payload must be an object")
     status = payload.get("status")
-    if status not in OPERATION_STATUSES:
-        raise ReportError(f"operation status {status!r} is not one of {', '.join(OPERATION_STATUSES)}")
+    if status not in REPORTED_OPERATION_STATES:
+        raise ReportError(f"operation status {status!r} is not one of {', '.join(REPORTED_OPERATION_STATES)}")
     result = payload.get("result") or {}
     if not isinstance(result, dict):
         raise ReportError("result must be an object")
@@ -222,15 +221,12 @@ def clean_model_files(payload):
     return {"mode": mode, "files": files, "model_file": model_file}
 
 
-DEPLOYMENT_STATES = ("stopped", "starting", "loading", "healthy", "backoff", "failed")
-
-
 def clean_deployment(payload):
     if not isinstance(payload, dict):
         raise ReportError("payload must be an object")
     state = payload.get("state")
-    if state not in DEPLOYMENT_STATES:
-        raise ReportError(f"deployment state {state!r} is not one of {', '.join(DEPLOYMENT_STATES)}")
+    if state not in SERVER_STATES:
+        raise ReportError(f"deployment state {state!r} is not one of {', '.join(SERVER_STATES)}")
     log_tail = payload.get("log") or ""
     if not isinstance(log_tail, str):
         raise ReportError("log must be text")
@@ -246,7 +242,14 @@ def clean_deployment(payload):
     }
 
 
+def clean_rejected_command(payload):
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    return {"task": _text(payload, "task", 60), "reason": _text(payload, "reason", 240)}
+
+
 CLEANERS = {
+    "rejected_command": clean_rejected_command,
     "deployment": clean_deployment,
     "hardware": clean_hardware,
     "telemetry": clean_telemetry,

@@ -2,11 +2,11 @@
 
 import logging
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
 from django.utils import timezone
 
-from nodes import ingest
+from nodes import broker, ingest, rigs
 from nodes.agent import protocol
 from nodes.models import GpuSample, HostSample, Node, Operation, StatusChange, history_cutoff
 
@@ -14,8 +14,10 @@ log = logging.getLogger("morpheus.tasks")
 
 
 @shared_task(name=protocol.REPORT_TASK)
-def report(node=None, token=None, kind=None, payload=None, sent_at=None):
-    return ingest.handle_report(node, token, kind, payload, sent_at)
+def report(rig=None, body=None, mac=None, **unexpected):
+    if unexpected:
+        return "unsigned report refused (fields outside the signed body)"
+    return ingest.handle_report(rig, body, mac)
 
 
 @shared_task(name="panel.check_node_status")
@@ -46,3 +48,22 @@ def prune_history():
     host_rows, _ = HostSample.objects.filter(minute__lt=cutoff).delete()
     status_rows, _ = StatusChange.objects.filter(at__lt=timezone.now() - settings.STATUS_CHANGE_RETENTION).delete()
     return {"gpu_samples": gpu_rows, "host_samples": host_rows, "status_changes": status_rows}
+
+
+@shared_task(name="panel.sync_broker_accounts")
+def sync_broker_accounts():
+    """Every rig's broker account as the database says (a restarted Redis forgets users it did not save)."""
+    return rigs.sync_accounts(Node.objects.only("id", "name", "token"))
+
+
+@signals.worker_ready.connect
+def check_broker_and_sync(sender=None, **kwargs):
+    """The panel worker refuses a broker that cannot keep rigs apart, then makes sure every rig has its account."""
+    try:
+        described = broker.check_broker(settings.CELERY_BROKER_URL)
+    except broker.BrokerUnsupported as exc:
+        log.critical("refusing to run: %s", exc)
+        raise SystemExit(f"refusing to run: {exc}") from None
+    log.info("broker: %s", described)
+    synced = sync_broker_accounts()
+    log.info("rig broker accounts at start: %s", {k: v for k, v in synced.items() if k != "note"})

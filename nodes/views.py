@@ -10,12 +10,13 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
-from nodes import charts
+from nodes import broker, charts, rigs
 from nodes.enrolment import agent_command, compose_service
 from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
 from nodes.models import GPU, HardwareProfile, Node, Operation, Part
 from nodes.operations import cancel_operation, start_operation
 from nodes.permissions import require_operator
+from nodes.reauth import require_recent_password
 
 
 def _nodes_for_dashboard():
@@ -54,12 +55,12 @@ def dashboard(request):
     return render(request, "nodes/dashboard.html", context)
 
 
-def _enrolment_page(request, node, token, created):
+def _enrolment_page(request, node, token, created, broker_problem):
     return render(
         request,
         "nodes/enrolled.html",
         {"node": node, "command": agent_command(node, token), "compose": compose_service(node, token),
-         "created": created},
+         "created": created, "broker_problem": broker_problem},
     )
 
 
@@ -68,22 +69,20 @@ def node_add(request):
     require_operator(request)
     form = NodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        node = form.save(commit=False)
-        token = node.set_new_token()
-        node.save()
-        # Shown once, in this response; only the hash is stored.
-        return _enrolment_page(request, node, token, created=True)
+        # Shown once, in this response; the panel keeps it sealed and never renders it again.
+        token, problem = rigs.enrol(form.save(commit=False))
+        return _enrolment_page(request, form.instance, token, created=True, broker_problem=problem)
     return render(request, "nodes/node_form.html", {"form": form})
 
 
 @login_required
 @require_POST
+@require_recent_password
 def node_rotate_token(request, name):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
-    token = node.set_new_token()
-    node.save(update_fields=["token_hash"])
-    return _enrolment_page(request, node, token, created=False)
+    token, problem = rigs.rotate_token(node)
+    return _enrolment_page(request, node, token, created=False, broker_problem=problem)
 
 
 @login_required
@@ -91,8 +90,10 @@ def node_delete(request, name):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
     if request.method == "POST":
-        node.delete()
-        messages.success(request, f"Rig {name} removed. Its agent's reports are now rejected.")
+        problem = rigs.remove(node)
+        messages.success(request, f"Rig {name} removed: its broker account and queues are deleted, its reports rejected.")
+        if problem:
+            messages.warning(request, f"The broker could not be told yet ({problem}); the next account sync will.")
         return redirect("dashboard")
     return render(request, "nodes/node_confirm_delete.html", {"node": node})
 
@@ -115,6 +116,8 @@ def _node_context(node):
 def node_detail(request, name):
     node = get_object_or_404(Node.objects.select_related("profile"), name=name)
     context = _node_context(node)
+    context["broker_account"] = account = broker.account_state(node.name)
+    context["login_refused"] = node.login_refused(account, context["now"])
     if request.htmx:
         return render(request, "nodes/node_detail.html#live", context)
     return render(request, "nodes/node_detail.html", context)

@@ -1,5 +1,5 @@
 import os
-from collections import namedtuple
+import time
 from pathlib import Path
 
 import pytest
@@ -7,11 +7,14 @@ from django.contrib.auth.models import Group, User
 
 from morpheus_admin import localredis
 from morpheus_admin.celery import app as celery_app
+from nodes import reauth
 from nodes.models import Node
 from nodes.permissions import OPERATORS_GROUP, VIEWERS_GROUP
 from tests import harness
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # pytest-django's live_server + Playwright
+# One secrets key for this run, shared with the panel worker and beat it starts (they inherit the environment).
+os.environ.setdefault("MORPHEUS_SECRETS_KEY", "BAZ6JtLbnc2vTPdR_tqVhmqzMcyZhcTs0sJIDdOcUOc=")
 
 
 def point_celery_at(url):
@@ -41,6 +44,14 @@ def django_db_setup(django_db_setup):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _secrets_key():
+    from django.conf import settings
+
+    settings.SECRETS_KEY = os.environ["MORPHEUS_SECRETS_KEY"]  # settings may have been read before the line above
+    yield
+
+
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     # The real hasher costs ~0.2 s per test user; what it protects is Django's business, not ours.
@@ -64,7 +75,12 @@ def viewer(db):
 
 @pytest.fixture
 def operator_client(client, operator):
+    """An operator who has just typed the password again, so the actions nodes/reauth.py guards run
+    (tests/test_reauth.py uses a client without that)."""
     client.force_login(operator)
+    session = client.session
+    session[reauth.SESSION_KEY] = time.time()
+    session.save()
     return client
 
 
@@ -72,34 +88,6 @@ def operator_client(client, operator):
 def viewer_client(client, viewer):
     client.force_login(viewer)
     return client
-
-
-QueuedMessage = namedtuple("QueuedMessage", "task args kwargs expires")
-
-
-def queued_messages(queue):
-    """Every task message waiting on `queue` in this process's memory:// broker (taken off it)."""
-    messages = []
-    with celery_app.connection_for_write() as conn:
-        waiting = conn.SimpleQueue(queue)
-        try:
-            while True:
-                message = waiting.get(timeout=0.05)
-                args, kwargs, _embed = message.payload
-                messages.append(QueuedMessage(message.headers["task"], args, kwargs, message.headers.get("expires")))
-                message.ack()
-        except waiting.Empty:
-            pass
-        finally:
-            waiting.close()
-    return messages
-
-
-def make_node(name, **fields):
-    node = Node(name=name, **fields)
-    token = node.set_new_token()
-    node.save()
-    return node, token
 
 
 # --- real processes ------------------------------------------------------------------------------
@@ -110,7 +98,10 @@ def proc_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_url(proc_dir):
-    proc, url = localredis.start(proc_dir / "redis", log_path=proc_dir / "redis.log")
+    """The panel's (admin) URL of a Redis with ACLs; rigs get their own accounts (`Rigs.start`)."""
+    import secrets
+
+    proc, url = localredis.start(proc_dir / "redis", log_path=proc_dir / "redis.log", password=secrets.token_hex(16))
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -155,7 +146,13 @@ class Rigs:
     def __init__(self, redis_url, root):
         self.redis_url, self.root, self.procs = redis_url, Path(root), []
 
-    def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True, extra_env=None):
+    def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True, extra_env=None, account=True):
+        """Start rig `name`'s agent with `token`; its broker account is made first, as enrolment makes it (pass
+        account=False to start one whose account the test manages itself)."""
+        if account:
+            from nodes import broker
+
+            broker.ensure_account(name, token)
         proc = harness.agent(name, token, self.redis_url, self.root / name / "data", self.root,
                              fake_nvml=fake_nvml, interval=interval, extra_env=extra_env)
         proc.start()
@@ -176,6 +173,7 @@ def panel(panel_processes, redis_url, worker_env, settings, transactional_db, dj
     """The shared panel worker for one test; the seeded groups and template are restored for each test."""
     # The web side stamps `expires` on operation messages: make it agree with the panel worker's timeout.
     settings.OPERATION_PICKUP_TIMEOUT = int(worker_env["MORPHEUS_OPERATION_PICKUP_TIMEOUT"])
+    settings.CELERY_BROKER_URL = settings.RIG_BROKER_URL = redis_url  # rig accounts are made on this Redis
     manager = harness.Panel(panel_processes["worker"], celery_app)
     yield manager
     # Handle what this test left in the panel queue before its rows are flushed, and drop rig messages.

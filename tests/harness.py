@@ -129,17 +129,29 @@ def beat(env, log_dir):
 
 
 def agent(name, token, redis_url, data_dir, log_dir, fake_nvml="nodriver", interval=1.0, extra_env=None):
+    """A rig agent started as a provider starts it: the broker address (no credentials), its name, and its token in
+    a 0600 file in its data folder."""
+    from nodes.agent.transport import without_credentials
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "token"
+    token_file.unlink(missing_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
     env = dict(os.environ)
     for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL"):
         env.pop(key, None)  # an agent never touches the DB; make sure it could not
     env.update({
         "PYTHONPATH": os.pathsep.join([str(FAKES), str(ROOT)]),
         "FAKE_NVML": fake_nvml,
-        "MORPHEUS_NODE_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
     })
+    for key in ("MORPHEUS_NODE_TOKEN", "MORPHEUS_SECRETS_KEY", "REDIS_URL"):
+        env.pop(key, None)  # a rig holds its own token, nothing of the panel's
     env.update(extra_env or {})
-    args = [sys.executable, "-m", "nodes.agent", "--broker", redis_url, "--node", name,
+    args = [sys.executable, "-m", "nodes.agent", "--broker", without_credentials(redis_url), "--node", name,
             "--data-dir", str(data_dir), "--interval", str(interval)]
     return Proc(f"agent-{name}", args, env, Path(log_dir) / f"agent-{name}.log")
 
@@ -153,9 +165,13 @@ class Panel:
     def send(self, task, **kwargs):
         return self.app.send_task(task, kwargs=kwargs, queue="panel").id
 
-    def report(self, node, token, kind, payload):
-        """A `panel.report` as an agent (or a forger) sends it; returns the task id."""
-        return self.send("panel.report", node=node, token=token, kind=kind, payload=payload, sent_at=time.time())
+    def report(self, node, token, kind, payload, seq=1):
+        """A `panel.report` signed with `token`, as an agent (or a forger holding some token) sends it; returns the
+        task id."""
+        from nodes.agent import envelope
+
+        signed = envelope.sign_report(envelope.derive_keys(token), rig=node, kind=kind, payload=payload, seq=seq)
+        return self.send("panel.report", **signed)
 
     def wait_done(self, task, task_id, timeout=30):
         """Wait until the worker finished task `task_id`; returns its log line (with the return value)."""

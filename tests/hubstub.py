@@ -3,7 +3,9 @@
 Serves real files from memory/disk with the headers the library needs (X-Repo-Commit, ETag, Range), the
 model API (`/api/models`, `/api/models/{repo}[/revision/{rev}]`), and the error codes it maps to its own
 exceptions. Knobs (per file) let a test cut the connection, stall, throttle, serve corrupt bytes, or make a
-repo gated; every byte served is counted so tests can assert how much was fetched again.
+repo gated; every byte served is counted so tests can assert how much was fetched again. `start_cdn()` adds a
+second server on another port, and a file with `via_cdn` is then redirected there, as the Hub does with LFS files;
+`seen` records each request's server, method, path and Authorization header.
 """
 
 import hashlib
@@ -29,6 +31,7 @@ class HubFile:
     stall_seconds: float = 30.0
     corrupt: bool = False  # serve flipped bytes (the metadata keeps the true sha256)
     rate: float | None = None  # bytes per second
+    via_cdn: bool = False  # /resolve answers 302 to the CDN stand-in (start_cdn()), with the X-Linked-* headers
     served: int = 0  # body bytes sent, all requests together
     requests: list = field(default_factory=list)  # Range headers seen
 
@@ -50,6 +53,8 @@ class Hub:
         self.lock = threading.Lock()
         self.server = None
         self.thread = None
+        self.cdn = None
+        self.seen = []  # (server, method, path, Authorization or None)
 
     # --- content --------------------------------------------------------------------------------
     def add_file(self, repo_id, filename, path, **knobs):
@@ -72,17 +77,20 @@ class Hub:
         return self.repos[repo_id].files[filename]
 
     # --- server ---------------------------------------------------------------------------------
+    def _serve(self, handler, host, port):
+        handler.hub = self
+        server = ThreadingHTTPServer((host, port), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
     def start(self, host="127.0.0.1", port=0):
-        hub = self
+        self.server = self._serve(type("Handler", (_Handler,), {}), host, port)
+        return self
 
-        class Handler(_Handler):
-            pass
-
-        Handler.hub = hub
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def start_cdn(self, host="127.0.0.1", port=0):
+        """The "CDN" that `via_cdn` files are redirected to: another origin, serving without any token."""
+        self.cdn = self._serve(type("CdnHandler", (_CdnHandler,), {}), host, port)
         return self
 
     @property
@@ -90,18 +98,30 @@ class Hub:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def cdn_url(self):
+        host, port = self.cdn.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def authorizations(self, server):
+        """The Authorization header of every request `server` ("hub" or "cdn") received (None when absent)."""
+        return [auth for name, _, _, auth in self.seen if name == server]
+
     def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
+        for server in (self.server, self.cdn):
+            if server:
+                server.shutdown()
+                server.server_close()
 
 
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+CDN_FILE = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<file>.+)$")
 API_MODEL = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+?)(?:/revision/(?P<rev>[^/]+))?/?$")
 
 
 class _Handler(BaseHTTPRequestHandler):
     hub: Hub
+    role = "hub"
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -141,9 +161,14 @@ class _Handler(BaseHTTPRequestHandler):
         return repo
 
     # --- routes ------------------------------------------------------------------------------
+    def _record(self, path):
+        with self.hub.lock:
+            self.hub.seen.append((self.role, self.command, path, self.headers.get("Authorization")))
+
     def do_GET(self):
         url = urlparse(self.path)
         path = unquote(url.path)
+        self._record(path)
         if path == "/api/models":
             return self._search(parse_qs(url.query))
         match = API_MODEL.match(path)
@@ -194,6 +219,18 @@ class _Handler(BaseHTTPRequestHandler):
         hub_file = repo.files.get(filename)
         if hub_file is None:
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {rev}")
+        if hub_file.via_cdn:
+            self.send_response(302)
+            self.send_header("Location", f"{self.hub.cdn_url}/cdn/{repo_id}/{filename}?signature=stand-in")
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Linked-Etag", f'"{hub_file.sha256}"')
+            self.send_header("X-Linked-Size", str(hub_file.size))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._send_file(hub_file)
+
+    def _send_file(self, hub_file):
         start, end = 0, hub_file.size - 1
         status = 200
         range_header = self.headers.get("Range")
@@ -271,3 +308,21 @@ class _Handler(BaseHTTPRequestHandler):
                     ahead = sent / hub_file.rate - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
+
+
+class _CdnHandler(_Handler):
+    """Serves /cdn/<repo>/<file> to anyone (a signed URL stands in for the signature): no token is needed here."""
+
+    role = "cdn"
+
+    def do_GET(self):
+        path = unquote(urlparse(self.path).path)
+        self._record(path)
+        match = CDN_FILE.match(path)
+        repo = self.hub.repos.get(match["repo"]) if match else None
+        hub_file = repo.files.get(match["file"]) if repo else None
+        if hub_file is None:
+            return self._error(404, "EntryNotFound", "not found")
+        self._send_file(hub_file)
+
+    do_HEAD = do_GET

@@ -43,7 +43,7 @@ def test_it_accepts_redis_broker_urls(url):
         ({"MORPHEUS_NODE": "rig_01"}, "is not a valid slug"),
         ({"MORPHEUS_NODE": "-rig"}, "is not a valid slug"),
         ({"MORPHEUS_NODE": "r" * 41}, "is not a valid slug"),
-        ({"MORPHEUS_NODE_TOKEN": None}, "rig token is missing or malformed"),
+        ({"MORPHEUS_NODE_TOKEN": None}, "no rig token: put it in /var/lib/morpheus-agent/token"),
         ({"MORPHEUS_NODE_TOKEN": "short"}, "rig token is missing or malformed"),
         ({"MORPHEUS_NODE_TOKEN": TOKEN + "\t"}, "rig token is missing or malformed"),
         ({"MORPHEUS_NODE_TOKEN": TOKEN[:-1] + "é"}, "rig token is missing or malformed"),

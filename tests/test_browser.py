@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import make_node
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.browser
 

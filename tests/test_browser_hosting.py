@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
 from tests import llama
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
 from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
 from tests.test_browser import WAIT_MS, htmx_requests, log_in

@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
 from tests.test_browser import WAIT_MS, htmx_requests, log_in
 

@@ -365,3 +365,50 @@ def test_it_fails_a_build_step_with_its_last_output(tmp_path, source, monkeypatc
     assert not isinstance(failed.value, BuildCancelled)
     assert "cmake configure failed (exit 1)" in str(failed.value)
     assert "CMake Error at CMakeLists.txt:1: no compiler" in str(failed.value)
+
+
+# --- what the build's programs see ----------------------------------------------------------------------
+AGENT_SECRETS = {"MORPHEUS_NODE_TOKEN": "node-token-must-not-leak", "MORPHEUS_BROKER_URL": "redis://:pw@panel:6379/0",
+                 "HF_TOKEN": "hf_must_not_leak", "SOME_API_KEY": "key-must-not-leak", "DB_PASSWORD": "pw-must-not-leak",
+                 "GIT_ASKPASS_TOKEN": "git-token-must-not-leak"}
+# A stand-in llama.cpp: configure and compile each dump their environment; the "binary" dumps its own on --version.
+ENV_DUMPING_CMAKE = """cmake_minimum_required(VERSION 3.16)
+project(envdump NONE)
+execute_process(COMMAND env OUTPUT_FILE "${DUMPS}/configure.env")
+add_custom_command(OUTPUT "${CMAKE_BINARY_DIR}/bin/llama-server"
+  COMMAND "${CMAKE_COMMAND}" -DDUMPS=${DUMPS} -P "${CMAKE_SOURCE_DIR}/compile.cmake"
+  COMMAND "${CMAKE_COMMAND}" -E copy "${CMAKE_SOURCE_DIR}/fake-server" "${CMAKE_BINARY_DIR}/bin/llama-server")
+add_custom_target(llama-server DEPENDS "${CMAKE_BINARY_DIR}/bin/llama-server")
+"""
+
+
+def test_it_runs_git_cmake_and_the_built_binary_without_the_agents_credentials(tmp_path, monkeypatch):
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    (repo / "CMakeLists.txt").write_text(ENV_DUMPING_CMAKE.replace("${DUMPS}", str(dumps)))
+    (repo / "compile.cmake").write_text('execute_process(COMMAND env OUTPUT_FILE "${DUMPS}/compile.env")\n')
+    (repo / "fake-server").write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        f"open({str(dumps / 'server.env')!r}, 'w').write(''.join(f'{{k}}={{v}}\\n' for k, v in os.environ.items()))\n"
+        "print('version: 4589 (1d1e6a90)')\n")
+    (repo / "fake-server").chmod(0o755)
+    git("init", "-q", "-b", "master", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "env dump", cwd=repo)
+    for name, value in AGENT_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CCACHE_MAXSIZE", "7G")
+
+    result = Builder(tmp_path / "builds", jobs=1).build(BuildRequest(build_id=3, source=str(repo), ref="master",
+                                                                     backend="cpu"), {})
+
+    assert result["version"] == "4589 (1d1e6a90)"
+    for step in ("configure", "compile", "server"):
+        seen = dict(line.split("=", 1) for line in (dumps / f"{step}.env").read_text().splitlines() if "=" in line)
+        assert not set(AGENT_SECRETS) & set(seen), step
+        assert not any(value in text for value in AGENT_SECRETS.values() for text in seen.values()), step
+        assert seen["PATH"] == os.environ["PATH"]
+        if step != "server":
+            assert seen["CCACHE_DIR"] == str(tmp_path / "builds" / "ccache") and seen["CCACHE_MAXSIZE"] == "7G"

@@ -53,7 +53,7 @@ def test_it_launches_the_seeds_dual_gpu_command_line():
         model_path="/var/lib/morpheus-agent/models/NousResearch__Hermes-3-Llama-3.1-8B-GGUF/Hermes-3-Llama-3.1-8B.Q8_0.gguf",
         port=8080, host="0.0.0.0", ctx_size=preset["ctx_size"], n_gpu_layers=preset["n_gpu_layers"],
         parallel=preset["parallel"], tensor_split=preset["tensor_split"], flash_attn=preset["flash_attn"],
-        alias="hermes-3-8b")
+        alias="hermes-3-8b", api_key="sk-seed-key-0123")  # 0.0.0.0 is refused without one
     assert serverspec.launch_args(spec) == [
         "/var/lib/morpheus-agent/builds/3/llama-server",
         "--model", "/var/lib/morpheus-agent/models/NousResearch__Hermes-3-Llama-3.1-8B-GGUF/Hermes-3-Llama-3.1-8B.Q8_0.gguf",

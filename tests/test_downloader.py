@@ -33,6 +33,7 @@ def _server():
 @pytest.fixture
 def stand_in(_server):
     _server.repos.clear()  # one server for the module (stopping one costs 0.5 s), fresh repos per test
+    _server.seen.clear()
     return _server
 
 
@@ -327,6 +328,34 @@ def test_it_downloads_from_a_gated_repo_with_the_right_token(rig, stand_in, serv
     request = request_for(stand_in)
     request.token = TOKEN
     assert rig.download(next(_ids), request)["files"][0]["verified"]
+
+
+def test_it_sends_the_token_to_the_hub_but_not_to_the_cdn_it_redirects_to(rig, stand_in, model_path):
+    if stand_in.cdn is None:
+        stand_in.start_cdn()
+    stand_in.add_repo(REPO, gated=True)
+    served = stand_in.add_file(REPO, NAME, model_path, via_cdn=True, cut_after=3 * MiB)  # and a resume, on the CDN
+    request = request_for(stand_in)
+    request.token = TOKEN
+    result = rig.download(next(_ids), request)
+    assert result["files"][0]["verified"] and result["files"][0]["sha256"] == served.sha256
+    assert served.requests == [None, "bytes=3145728-"]  # both GETs went to the CDN
+    hub_auth, cdn_auth = stand_in.authorizations("hub"), stand_in.authorizations("cdn")
+    assert hub_auth and all(auth == f"Bearer {TOKEN}" for auth in hub_auth)
+    assert len(cdn_auth) == 2 and cdn_auth == [None, None]
+
+
+@pytest.mark.parametrize("url, endpoint, sent", [
+    ("https://huggingface.co/org/repo/resolve/main/x.gguf", "https://huggingface.co", True),
+    ("https://HuggingFace.co:443/org/repo/resolve/main/x.gguf", "https://huggingface.co/", True),
+    ("https://cdn-lfs.hf.co/repos/ab/cd/x?X-Amz-Signature=1", "https://huggingface.co", False),
+    ("http://huggingface.co/org/repo/resolve/main/x.gguf", "https://huggingface.co", False),
+    ("http://127.0.0.1:9001/cdn/x.gguf", "http://127.0.0.1:9000", False),
+    ("https://huggingface.co.evil.example/x.gguf", "https://huggingface.co", False),
+])
+def test_it_sends_the_token_only_to_the_hub_endpoints_own_scheme_host_and_port(url, endpoint, sent):
+    assert dl.token_for(url, endpoint, TOKEN) == (TOKEN if sent else False)
+    assert dl.token_for(url, endpoint, None) is False
 
 
 @pytest.mark.parametrize("token, status", [(None, 401), ("hf_wrong_secret_token_999", 403)])

@@ -7,9 +7,9 @@ from django.utils import timezone
 
 from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
-from nodes.ingest import handle_report
+from tests.helpers import report as handle_report
 from nodes.models import Operation
-from tests.conftest import make_node
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.django_db
 
@@ -169,7 +169,7 @@ def test_it_rejects_a_malformed_deployment_report_and_writes_nothing(alpha, depl
 
 def test_it_rejects_a_deployment_report_with_a_wrong_token(alpha, deployment):
     rejected = handle_report("alpha", "not-the-token-at-all", "deployment", server_report(deployment))
-    assert rejected == "token does not match (agent token rejected)"
+    assert rejected == "bad report signature (agent token rejected)"
     deployment.refresh_from_db()
     assert deployment.actual_state == "pending"
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from nodes.ingest import handle_report
+from nodes import ingest
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, StatusChange
-from tests.conftest import make_node
+from tests.helpers import make_node, report as handle_report, signed_report
 from tests.test_reports import GiB, hardware, telemetry, with_gpu
 
 pytestmark = pytest.mark.django_db
@@ -161,8 +161,8 @@ def test_it_rejects_a_wrong_token_and_only_notes_the_rejection(reporting_rig, ki
     with caplog.at_level(logging.WARNING, logger="morpheus.ingest"):
         reason = handle_report("alpha", other_token, kind, payload, now=at(30))
 
-    assert "token does not match" in reason
-    assert "token does not match" in caplog.text
+    assert "bad report signature" in reason
+    assert "bad report signature" in caplog.text
     assert snapshot(except_rejection=True) == before
     node.refresh_from_db()
     assert node.token_rejected_at == at(30)
@@ -186,11 +186,48 @@ def test_it_clears_token_rejected_once_the_right_token_reports(rig):
     assert not Node.objects.get(pk=node.pk).token_rejected
 
 
-@pytest.mark.parametrize("token", [None, 123, ["t"], {"token": "t"}, True])
-def test_it_rejects_a_token_that_is_not_text(reporting_rig, token):
+@pytest.mark.parametrize("field", ["body", "mac"])
+@pytest.mark.parametrize("forged", [None, 123, ["t"], {"token": "t"}, True])
+def test_it_rejects_a_report_whose_body_or_mac_is_not_text(reporting_rig, field, forged):
+    _node, token = reporting_rig
     before = snapshot(except_rejection=True)
-    assert "token does not match" in handle_report("alpha", token, "telemetry", telemetry(), now=at(30))
+    signed = {**signed_report("alpha", token, "telemetry", telemetry()), field: forged}
+    assert "unsigned report" in ingest.handle_report(**signed, now=at(30))
     assert snapshot(except_rejection=True) == before
+
+
+def test_it_rejects_a_report_altered_after_signing(reporting_rig):
+    _node, token = reporting_rig
+    before = snapshot(except_rejection=True)
+    signed = signed_report("alpha", token, "telemetry", telemetry())
+    signed["body"] = signed["body"].replace('"cpu_percent":', '"cpu_percent":9')
+    assert "bad report signature" in ingest.handle_report(**signed, now=at(30))
+    assert snapshot(except_rejection=True) == before
+
+
+def test_it_rejects_a_report_signed_by_one_rig_sent_under_another_name(reporting_rig):
+    _node, token = reporting_rig
+    make_node("beta")
+    signed = {**signed_report("alpha", token, "telemetry", telemetry()), "rig": "beta"}
+    assert "bad report signature" in ingest.handle_report(**signed, now=at(30))
+
+
+def test_it_refuses_an_unsigned_report_in_the_old_format(reporting_rig):
+    from nodes.tasks import report
+
+    _node, token = reporting_rig
+    answer = report.run(node="alpha", token=token, kind="telemetry", payload=telemetry(), sent_at=0)
+    assert "unsigned report refused" in answer
+
+
+def test_it_keeps_the_highest_sequence_number_and_the_rig_clock_offset(reporting_rig):
+    node, token = reporting_rig
+    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=7,
+                                         sent_at=at(30).timestamp() + 2.5), now=at(30))
+    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=5,
+                                         sent_at=at(31).timestamp()), now=at(31))
+    node.refresh_from_db()
+    assert node.report_seq == 7 and node.clock_offset == 0
 
 
 MALFORMED = [

@@ -5,7 +5,7 @@ import pytest
 from models_catalog.models import CatalogModel, ModelFile, RigFile
 from nodes.agent import gguf_facts
 from nodes.models import Operation
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
 from tests.harness import wait_until
 
@@ -172,14 +172,16 @@ def test_it_explains_hub_errors_on_the_operation(rigs, operator_client, model_on
 
 
 def test_it_rejects_path_traversal_on_the_rig_even_from_a_forged_message(rigs, model_on_hub, hub):
-    from morpheus_admin.celery import app
+    from nodes.agent import protocol
+    from nodes.channel import send_command
 
     node, token = make_node("alpha")
     agent = rigs.start("alpha", token)
     op = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL, target="x")
-    app.send_task("agent.download_model", args=[op.pk], queue="node.alpha",
-                  kwargs={"request": {"repo_id": "test-org/Tiny-GGUF", "files": [{"filename": "../../etc/evil.gguf"}],
-                                      "endpoint": hub.url}})
+    # Signed as the panel signs (the rig checks the contents too, whoever signed them).
+    send_command(node, protocol.AGENT_DOWNLOAD_MODEL, operation=op.pk,
+                 args={"request": {"repo_id": "test-org/Tiny-GGUF", "files": [{"filename": "../../etc/evil.gguf"}],
+                                   "endpoint": hub.url}})
     op = _finished(op)
     assert op.status == Operation.FAILED
     assert "not a safe file name" in op.message

@@ -14,7 +14,7 @@ from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
 from nodes.models import Operation
 from tests import llama
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
 from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
 
@@ -168,7 +168,7 @@ def test_it_keeps_serving_while_the_agent_restarts_and_re_adopts_the_server(host
     try:
         agent.kill()  # SIGKILL to the agent's process group: the server has its own session and survives
         assert _health(port) == 200
-        node_token = rigs.procs[0].env["MORPHEUS_NODE_TOKEN"]
+        node_token = deployment.node.token
         rigs.start("alpha", node_token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
         wait_until(lambda: "re-adopted" in _state(deployment).message, timeout=60, message="re-adopted")
     finally:

@@ -3,7 +3,7 @@
 import pytest
 
 from nodes.models import Node, Operation
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration

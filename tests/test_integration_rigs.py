@@ -1,5 +1,6 @@
 """Rigs seen through real processes: Redis, the panel worker, beat, and rig agents as `celery worker`s."""
 
+import html
 import platform
 import re
 import shutil
@@ -10,9 +11,10 @@ import psutil
 import pytest
 from django.utils import timezone
 
+from nodes import broker
 from nodes.agent.probe import cpu_model
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, StatusChange, minute_floor
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -178,12 +180,12 @@ def test_it_keeps_one_history_row_per_gpu_per_minute_and_prunes_old_ones(rigs, p
 
 
 def test_it_shows_an_agent_started_with_a_wrong_token_as_token_rejected(rigs, viewer_client):
-    make_node("beta")
-    rigs.start("beta", "a-token-from-another-panel-0123456789", wait=False)
-    wait_until(lambda: rig("beta").token_rejected, timeout=60, message="beta's token rejected")
-
-    assert "agent token rejected" in viewer_client.get("/rigs/beta/").content.decode()
-    assert "agent token rejected" in viewer_client.get("/").content.decode()
+    _beta, token = make_node("beta")
+    broker.ensure_account("beta", token)
+    rigs.start("beta", "a-token-from-another-panel-0123456789", wait=False, account=False)
+    # The broker refuses its login; the rig page says so.
+    wait_until(lambda: "agent token rejected" in viewer_client.get("/rigs/beta/").content.decode(), timeout=60,
+               message="beta's token rejected")
     beta = rig("beta")
     # Its reports wrote nothing: no heartbeat, no hardware.
     assert (beta.last_seen, beta.hardware, beta.gpus.count()) == (None, {}, 0)
@@ -197,12 +199,15 @@ def test_it_rejects_the_running_agent_after_its_token_is_rotated(rigs, operator_
     response = operator_client.post("/rigs/alpha/rotate-token/")
     rotated_at = timezone.now()
     assert response.status_code == 200
-    new_token = response.content.decode().split("MORPHEUS_NODE_TOKEN=", 1)[1].split()[0]
+    new_token = html.unescape(response.content.decode()).split('MORPHEUS_NODE_TOKEN: "', 1)[1].split('"')[0]
     assert rig("alpha").check_token(new_token) and not rig("alpha").check_token(old_token)
 
-    wait_until(lambda: rig("alpha").token_rejected, timeout=30, message="the old token rejected")
-    assert rig("alpha").last_seen <= rotated_at
-    assert "agent token rejected" in operator_client.get("/rigs/alpha/").content.decode()
+    # The running agent is cut off at once and cannot log in again with the old token.
+    wait_until(lambda: "agent token rejected" in operator_client.get("/rigs/alpha/").content.decode(), timeout=30,
+               message="the old token rejected by the broker")
+    assert "Connection closed by server" in agent.log() or "invalid username-password" in agent.log()
+    assert broker.account_state("alpha")["connections"] == 0
+    assert rig("alpha").last_seen <= rotated_at + timedelta(seconds=1)
 
     # Restarted with the token the panel showed, the agent is heard again.
     agent.stop()
@@ -287,7 +292,7 @@ def test_it_marks_the_rig_when_a_report_carries_a_wrong_token(panel, viewer_clie
     logged = send_forged(panel, "alpha", "a-guessed-token-0123456789abcdef", "telemetry",
                          telemetry_payload(temp_c=99))
 
-    assert "rig 'alpha' rejected: token does not match (agent token rejected)" in logged
+    assert "rig 'alpha' rejected: bad report signature (agent token rejected)" in logged
     assert rig("alpha").token_rejected
     after = all_rows()
     # Only the mark changed: no reading, no history, no heartbeat.

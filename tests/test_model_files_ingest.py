@@ -3,8 +3,8 @@
 import pytest
 
 from models_catalog.models import CatalogModel, ModelFile, RigFile
-from nodes.ingest import handle_report
-from tests.conftest import make_node
+from tests.helpers import report as handle_report
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.django_db
 
@@ -144,5 +144,5 @@ def test_it_rejects_an_unknown_mode(alpha):
 
 def test_it_rejects_a_report_with_a_wrong_token(alpha):
     node, _token = alpha
-    result = handle_report(node.name, "not-the-token", "model_files", {"mode": "replace", "files": [entry(TINY)]})
-    assert "token does not match" in result and rows(node) == {}
+    result = handle_report(node.name, "not-the-token-of-this-rig-at-all", "model_files", {"mode": "replace", "files": [entry(TINY)]})
+    assert "bad report signature" in result and rows(node) == {}

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, StatusChange, minute_floor
 from nodes.tasks import expire_operations, prune_history
-from tests.conftest import make_node
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.django_db
 

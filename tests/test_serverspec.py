@@ -74,9 +74,29 @@ def test_it_refuses_extra_flags_off_the_allow_list_or_with_bad_values(flags, err
 
 
 def test_it_normalises_the_host_it_accepts():
-    assert spec(host="0.0.0.0").host == "0.0.0.0"
+    assert spec(host="0.0.0.0", api_key="sk-0123456789").host == "0.0.0.0"
     assert spec(host="::1").host == "::1"
     assert spec(host="0:0:0:0:0:0:0:1").host == "::1"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.5", "fd00::1"])
+def test_it_refuses_to_serve_other_machines_without_an_api_key(host):
+    with pytest.raises(SpecError) as refused:
+        spec(host=host)
+    assert str(refused.value) == (f"host {spec(host=host, api_key='sk-0123456789').host} lets other machines reach "
+                                  "the server: set an API key, or use 127.0.0.1 to keep it on the rig")
+    with pytest.raises(SpecError, match="set an API key"):  # the rig refuses it too, whatever the panel sent
+        ServerSpec.from_dict({**spec().to_dict(), "host": host})
+    assert spec(host=host, api_key="sk-0123456789").api_key == "sk-0123456789"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_it_serves_loopback_without_an_api_key(host):
+    assert "--api-key-file" not in launch_args(spec(host=host), api_key_file="/state/servers/1/api-key")
+
+
+def test_it_still_accepts_stopping_a_keyless_server_saved_with_an_open_host():
+    assert spec(host="0.0.0.0", desired="stopped").desired == "stopped"
 
 
 def test_it_refuses_a_setting_it_does_not_know_from_the_panels_message():

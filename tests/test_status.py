@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from nodes.models import Node, StatusChange
 from nodes.tasks import check_node_status
-from tests.conftest import make_node
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.django_db
 

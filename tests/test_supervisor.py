@@ -339,3 +339,31 @@ def test_it_forgets_a_deleted_deployment_and_stops_its_server(supervisors, spec)
     assert not alive(pid) and port_is_free(data["port"])
     assert not server.state_path.exists()
     assert supervisor.snapshot() == []
+
+
+# --- what the server process sees --------------------------------------------------------------------------
+def test_it_starts_the_server_without_the_agents_credentials_in_its_environment(tmp_path, monkeypatch):
+    secrets = {"MORPHEUS_NODE_TOKEN": "node-token-must-not-leak", "MORPHEUS_BROKER_URL": "redis://:pw@panel:6379/0",
+               "HF_TOKEN": "hf_must_not_leak", "OPENAI_API_KEY": "key-must-not-leak"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    fake = tmp_path / "llama-server"  # never answers /health: enough to read what it was started with
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    supervisor = Supervisor(tmp_path / "state")
+    supervisor.apply({"deployment_id": 1, "binary": str(fake), "model_path": str(model), "port": free_port(),
+                      "api_key": "sk-test-key-0123456789", "generation": 1})
+    server = supervisor.servers[1]
+    try:
+        assert server.pid and alive(server.pid)
+        environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+                       if b"=" in item)
+        assert not {name.encode() for name in secrets} & set(environ)
+        assert not any(value.encode() in b"\0".join(environ.values()) for value in secrets.values())
+        assert b"sk-test-key" not in b"\0".join(environ.values())
+        assert environ[b"PATH"] == os.environ["PATH"].encode() and environ[b"CUDA_VISIBLE_DEVICES"] == b"0,1"
+    finally:
+        supervisor._terminate(server, "test teardown")

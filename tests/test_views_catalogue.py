@@ -7,8 +7,9 @@ import pytest
 from models_catalog.models import CatalogModel, HubSettings, ModelFile, RigFile
 from models_catalog.tasks import read_model_facts
 from morpheus_admin.celery import app
+from nodes.agent import envelope
 from nodes.models import Operation
-from tests.conftest import make_node, queued_messages
+from tests.helpers import make_node, queued_messages, unsealed
 from tests.gguf_model import write_tiny_llama
 from tests.hubstub import Hub
 
@@ -295,6 +296,23 @@ def test_it_removes_the_token_on_request(operator_client):
     assert "No token is set." in page(operator_client.get("/models/settings/"))
 
 
+def test_it_keeps_a_set_token_on_a_blank_save_without_showing_it(operator_client):
+    HubSettings.objects.create(token=TOKEN)
+    content = page(operator_client.get("/models/settings/"))
+    assert "set — leave blank to keep" in content and "Remove the token" in content and TOKEN not in content
+    assert operator_client.post("/models/settings/", {"token": ""}).status_code == 302
+    assert HubSettings.token_value() == TOKEN
+    response = operator_client.post("/models/settings/", {"token": "hf_another_token_123", "clear": "on"})
+    assert "Type a new token or remove it, not both." in page(response)
+    assert HubSettings.token_value() == TOKEN
+
+
+def test_it_offers_no_remove_box_when_no_token_is_set(operator_client):
+    content = page(operator_client.get("/models/settings/"))
+    assert "No token is set." in content and "Remove the token" not in content
+    assert "leave blank to keep" not in content
+
+
 def test_it_keeps_the_token_page_from_viewers(viewer_client):
     HubSettings.objects.create(token=TOKEN)
     assert viewer_client.get("/models/settings/").status_code == 403
@@ -315,8 +333,13 @@ def test_it_starts_one_download_per_rig_chosen(operator_client, operator, tiny, 
     for node, op in ((alpha, ops[0]), (beta, ops[1])):
         [(task, args, kwargs)] = drain(node.queue)
         assert (task, args, kwargs["model_file"]) == ("agent.download_model", [op.pk], tiny.pk)
-        assert kwargs["request"] == {"repo_id": REPO, "revision": "main", "endpoint": stand_in.url, "token": TOKEN,
-                                     "files": [{"filename": "tiny-Q8_0.gguf", "size": 4 * MiB, "sha256": None}]}
+        assert unsealed(node, kwargs["request"]) == {
+            "repo_id": REPO, "revision": "main", "endpoint": stand_in.url, "token": TOKEN,
+            "files": [{"filename": "tiny-Q8_0.gguf", "size": 4 * MiB, "sha256": None}]}
+        # On the queue the token is sealed for that one rig: readable by no other.
+        assert TOKEN not in str(kwargs) and set(kwargs["request"]["token"]) == {"$sealed"}
+        with pytest.raises(envelope.EnvelopeRejected):
+            unsealed(beta if node is alpha else alpha, kwargs["request"])
         assert TOKEN not in f"{op.target} {op.message} {op.result} {op.log_tail}"  # the row keeps no token
     assert TOKEN not in caplog.text
     content = page(operator_client.get(tiny.get_absolute_url()))

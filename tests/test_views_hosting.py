@@ -14,7 +14,7 @@ from models_catalog.models import RigFile
 from morpheus_admin.celery import app
 from nodes.agent import protocol
 from nodes.models import Operation
-from tests.conftest import make_node, queued_messages
+from tests.helpers import make_node, queued_messages, unsealed
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def page(response):
 
 def drain(queue):
     """(task name, args, kwargs, expires) of every message waiting on `queue` in the memory:// broker."""
-    return [tuple(m) for m in queued_messages(queue)]
+    return [tuple(m)[:4] for m in queued_messages(queue)]
 
 
 @pytest.fixture
@@ -270,7 +270,8 @@ def test_it_hosts_a_model_and_sends_the_launch_to_the_rig(operator_client, opera
     [(task, args, kwargs, expires)] = drain(alpha.queue)
     assert (task, args, kwargs["goal"]) == (protocol.AGENT_APPLY_DEPLOYMENT, [launch.pk], "healthy")
     assert expires is not None
-    assert kwargs["spec"] == {
+    assert "sk-0123456789" not in str(kwargs)  # sealed for this rig on the queue
+    assert unsealed(alpha, kwargs["spec"]) == {
         "deployment_id": deployment.pk, "binary": BINARY, "model_path": MODEL, "port": 8080, "host": "127.0.0.1",
         "ctx_size": 4096, "n_gpu_layers": 0, "parallel": 2, "threads": None, "tensor_split": "", "flash_attn": "off",
         "cache_type_k": "f16", "cache_type_v": "f16", "alias": "tiny", "api_key": "sk-0123456789",
@@ -320,6 +321,8 @@ def test_it_fills_the_seeds_dual_gpu_values_from_the_preset(operator_client, alp
     ({"alias": "x$(reboot)"}, "alias may hold letters, digits"),
     ({"tensor_split": "1,1;ls"}, "tensor-split must look like 1,1"),
     ({"api_key": "short"}, "API key must be 8-128 characters"),
+    ({"host": "0.0.0.0"}, "host 0.0.0.0 lets other machines reach the server: set an API key, or use 127.0.0.1"),
+    ({"host": "192.168.1.20", "api_key": ""}, "host 192.168.1.20 lets other machines reach the server"),
     ({"flash_attn": "yes"}, "Select a valid choice."),
 ])
 def test_it_refuses_bad_launch_parameters_and_starts_nothing(operator_client, alpha, ready_build, rig_file, changes,
@@ -381,6 +384,62 @@ def test_it_restarts_a_deployment_with_its_new_settings_after_an_edit(operator_c
     assert Operation.objects.get().kind == Operation.RESTART
 
 
+def test_it_hosts_on_an_open_host_once_an_api_key_is_set(operator_client, alpha, ready_build, rig_file,
+                                                         django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post("/rigs/alpha/deployments/new/", form_data(
+            ready_build, rig_file, host="0.0.0.0", api_key="sk-0123456789"))
+    assert response.status_code == 302
+    assert Deployment.objects.get().api_key == "sk-0123456789"
+
+
+@pytest.fixture
+def keyed(deployment):
+    Deployment.objects.filter(pk=deployment.pk).update(host="0.0.0.0", api_key="sk-stored-key-0123")
+    deployment.refresh_from_db()
+    return deployment
+
+
+def test_it_never_shows_a_stored_api_key_on_the_edit_page(operator_client, keyed):
+    content = page(operator_client.get(f"/rigs/alpha/deployments/{keyed.pk}/edit/"))
+    assert "sk-stored-key" not in content
+    assert "set — leave blank to keep" in content and "remove the API key" in content
+    assert 'type="password" name="api_key"' in content
+
+
+def test_it_keeps_the_stored_api_key_when_the_field_is_left_blank(operator_client, alpha, ready_build, rig_file,
+                                                                  keyed, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post(f"/rigs/alpha/deployments/{keyed.pk}/edit/", form_data(
+            ready_build, rig_file, host="0.0.0.0", ctx_size=8192))
+    assert response.status_code == 302
+    keyed.refresh_from_db()
+    assert (keyed.api_key, keyed.ctx_size) == ("sk-stored-key-0123", 8192)
+
+
+def test_it_replaces_or_removes_the_api_key_on_request(operator_client, alpha, ready_build, rig_file, keyed,
+                                                       django_capture_on_commit_callbacks):
+    url = f"/rigs/alpha/deployments/{keyed.pk}/edit/"
+    with django_capture_on_commit_callbacks(execute=True):
+        # Removing it while the server listens on 0.0.0.0 is refused; on 127.0.0.1 it is fine.
+        refused = operator_client.post(url, form_data(ready_build, rig_file, host="0.0.0.0", remove_api_key="on"))
+        both = operator_client.post(url, form_data(ready_build, rig_file, api_key="sk-new-key-0123",
+                                                   remove_api_key="on"))
+        keyed.refresh_from_db()
+        assert keyed.api_key == "sk-stored-key-0123"
+        assert "lets other machines reach the server: set an API key" in page(refused)
+        assert "Type a new key or remove it, not both." in page(both)
+        assert operator_client.post(url, form_data(ready_build, rig_file, host="0.0.0.0",
+                                                   api_key="sk-new-key-0123")).status_code == 302
+        keyed.refresh_from_db()
+        assert keyed.api_key == "sk-new-key-0123"
+        assert operator_client.post(url, form_data(ready_build, rig_file, remove_api_key="on")).status_code == 302
+    keyed.refresh_from_db()
+    assert (keyed.api_key, keyed.host) == ("", "127.0.0.1")
+    content = page(operator_client.get(url))
+    assert "remove the API key" not in content and "leave blank to keep" not in content
+
+
 # --- start, stop, restart, delete --------------------------------------------------------------------------
 @pytest.mark.parametrize("action, kind, desired, goal, generation", [
     ("stop", Operation.STOP, "stopped", "stopped", 1),
@@ -399,6 +458,22 @@ def test_it_sends_start_stop_and_restart_to_the_rig(operator_client, alpha, depl
     [(task, args, kwargs, _expires)] = drain(alpha.queue)
     assert (task, args, kwargs["goal"]) == (protocol.AGENT_APPLY_DEPLOYMENT, [operation.pk], goal)
     assert (kwargs["spec"]["desired"], kwargs["spec"]["generation"]) == (desired, generation)
+
+
+def test_it_stops_but_does_not_launch_a_server_saved_on_an_open_host_without_a_key(operator_client, alpha, deployment,
+                                                                                  django_capture_on_commit_callbacks):
+    Deployment.objects.filter(pk=deployment.pk).update(host="0.0.0.0")  # saved before a key was required
+    assert "not launchable: host 0.0.0.0 lets other machines reach the server" in page(
+        operator_client.get(f"/deployments/{deployment.pk}/"))
+    with django_capture_on_commit_callbacks(execute=True):
+        operator_client.post(f"/deployments/{deployment.pk}/stop/")
+    assert Operation.objects.get().kind == Operation.STOP
+    [message] = drain(alpha.queue)
+    assert (message[2]["spec"]["host"], message[2]["spec"]["desired"]) == ("0.0.0.0", "stopped")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post(f"/deployments/{deployment.pk}/launch/", follow=True)
+    assert "set an API key" in page(response)
+    assert Operation.objects.count() == 1 and drain(alpha.queue) == []
 
 
 def test_it_refuses_an_unknown_action_or_a_get(operator_client, deployment):
@@ -425,7 +500,9 @@ def test_it_deletes_a_stopped_deployment_and_tells_the_rig_to_forget_it(operator
         response = operator_client.post(f"/deployments/{deployment.pk}/delete/")
     assert response["Location"] == "/deployments/"
     assert not Deployment.objects.exists()
-    assert drain(alpha.queue) == [(protocol.AGENT_FORGET_DEPLOYMENT, [deployment.pk], {}, None)]
+    [(task, args, kwargs, expires)] = drain(alpha.queue)
+    assert (task, args, kwargs) == (protocol.AGENT_FORGET_DEPLOYMENT, [], {"deployment_id": deployment.pk})
+    assert expires is not None  # a rig offline for a day is reminded by the reconcile instead
 
 
 # --- the deployment page -----------------------------------------------------------------------------------
@@ -459,8 +536,9 @@ def test_it_reminds_only_online_rigs_of_their_deployments_with_an_expiry(alpha, 
     drain(beta.queue)
 
     assert reconcile_deployments(interval=30) == 1
-    [(task, [specs], _kwargs, expires)] = drain(alpha.queue)
-    assert task == protocol.AGENT_RECONCILE_DEPLOYMENTS and expires is not None
+    [(task, args, kwargs, expires)] = drain(alpha.queue)
+    assert task == protocol.AGENT_RECONCILE_DEPLOYMENTS and args == [] and expires is not None
+    specs = kwargs["specs"]
     assert [(s["deployment_id"], s["port"], s["desired"]) for s in specs] == [(deployment.pk, 8080, "running")]
     assert drain(beta.queue) == []
     assert drain("node.gamma") == []
@@ -471,7 +549,8 @@ def test_it_leaves_out_a_deployment_that_cannot_launch_from_the_reminder(alpha, 
     other = RigFile.objects.create(node=alpha, path="/m/other.gguf", size=1)
     Deployment.objects.create(node=alpha, name="broken", model_file=other, build=unbuilt, port=8090)
     reconcile_deployments()
-    [(_task, [specs], _kwargs, _expires)] = drain(alpha.queue)
+    [(_task, _args, kwargs, _expires)] = drain(alpha.queue)
+    specs = kwargs["specs"]
     assert [s["deployment_id"] for s in specs] == [deployment.pk]
 
 

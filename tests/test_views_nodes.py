@@ -8,9 +8,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from nodes.ingest import handle_report
+from tests.helpers import report as handle_report
 from nodes.models import HardwareProfile, Node
-from tests.conftest import make_node
+from tests.helpers import make_node
 from tests.test_reports import hardware, telemetry
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +25,7 @@ def page(response):
 
 
 def token_on(response):
-    found = re.search(r"MORPHEUS_NODE_TOKEN=([A-Za-z0-9_-]+)", page(response))
+    found = re.search(r'MORPHEUS_NODE_TOKEN: "([A-Za-z0-9_-]+)"', page(response))
     assert found, "no agent command on the page"
     return found.group(1)
 
@@ -155,8 +155,11 @@ def test_it_adds_a_rig_and_shows_its_agent_command_once(operator_client):
     content = page(response)
     token = token_on(response)
     assert node.check_token(token)
-    assert f"MORPHEUS_NODE_TOKEN={token} python -m nodes.agent --broker redis://" in content
+    # The token goes to a 0600 file, never onto a command line; the broker address carries no login.
+    assert f"(umask 077 && printf '%s\\n' {token} > ~/.morpheus-agent/token)" in content
+    assert ".venv/bin/python -m nodes.agent --broker redis://" in content
     assert "--node rig-01 --data-dir" in content
+    assert "@" not in content[content.index("--broker"):].split()[1]
     compose = content[content.index('id="compose-service"'):]
     assert "agent-rig-01:" in compose
     assert f'MORPHEUS_NODE_TOKEN: "{token}"' in compose
@@ -262,7 +265,7 @@ def test_it_rotates_the_token_and_the_old_one_stops_working(operator_client):
 
     node.refresh_from_db()
     assert node.check_token(new) and not node.check_token(old)
-    assert "token does not match" in handle_report("alpha", old, "telemetry", telemetry(), now=timezone.now())
+    assert "bad report signature" in handle_report("alpha", old, "telemetry", telemetry(), now=timezone.now())
     assert handle_report("alpha", new, "telemetry", telemetry(at=timezone.now().timestamp())) is None
     assert new not in page(operator_client.get("/rigs/alpha/"))
 

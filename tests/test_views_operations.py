@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from morpheus_admin.celery import app
 from nodes.models import Operation
-from tests.conftest import make_node, queued_messages
+from tests.helpers import make_node, queued_messages
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from nodes.models import HardwareProfile, Part
-from tests.conftest import make_node
+from tests.helpers import make_node
 
 pytestmark = pytest.mark.django_db
 

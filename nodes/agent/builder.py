@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .childenv import child_environment
+
 DEFAULT_SOURCE = "https://github.com/ggml-org/llama.cpp"
 # The release the panel offers by default (the llama.cpp tree the tests build is this commit).
 DEFAULT_REF = "b6680"
@@ -126,7 +128,8 @@ def build_command(build_dir, jobs):
 def server_version(binary, timeout=20):
     """What `llama-server --version` says, checking that the binary runs at all."""
     try:
-        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
+                              env=child_environment())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BuildError(f"{binary} does not run: {exc}") from None
     text = (proc.stdout + proc.stderr).strip()
@@ -220,7 +223,7 @@ class Builder:
             }
 
     def _env(self, workdir):
-        env = dict(os.environ)
+        env = child_environment()
         env["CCACHE_DIR"] = str(self.ccache_dir)
         # Paths differ per build folder; relative to it, ccache finds the same objects again (a rebuild in seconds).
         env["CCACHE_BASEDIR"] = str(workdir)
@@ -246,7 +249,7 @@ class Builder:
     def _git(self, args, log):
         try:
             proc = subprocess.run(args, capture_output=True, text=True, timeout=1800,
-                                  env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                                  env=child_environment({"GIT_TERMINAL_PROMPT": "0"}))
         except subprocess.TimeoutExpired:
             raise BuildError(f"{' '.join(args[:3])} timed out") from None
         if proc.returncode != 0:

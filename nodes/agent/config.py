@@ -1,4 +1,8 @@
-"""The agent's settings: broker URL, rig name and token, data folder, telemetry interval."""
+"""The agent's settings: broker URL, rig name and token, data folder, telemetry interval.
+
+The token comes from a 0600 file (`<data dir>/token`, or MORPHEUS_NODE_TOKEN_FILE), or from MORPHEUS_NODE_TOKEN
+for containers; never from the command line, where `ps` would show it.
+"""
 
 import os
 from dataclasses import dataclass
@@ -21,6 +25,8 @@ class AgentConfig:
     max_downloads: int = 2
     disk_margin: int = 1 << 30
     extra_model_dirs: tuple = ()
+    # How far this rig's clock may differ from the panel's before a command counts as expired or from the future.
+    clock_tolerance: float = 30.0
 
     @property
     def models_dir(self):
@@ -29,8 +35,6 @@ class AgentConfig:
     @property
     def ccache_dir(self):
         """MORPHEUS_CCACHE_DIR, else CCACHE_DIR, else inside the data folder: rebuilds take seconds."""
-        import os
-
         return Path(os.environ.get("MORPHEUS_CCACHE_DIR") or os.environ.get("CCACHE_DIR")
                     or Path(self.data_dir) / "ccache")
 
@@ -55,6 +59,8 @@ class AgentConfig:
             raise AgentConfigError(f"rig name {self.node!r} is not a valid slug (a-z, 0-9, '-')")
         if not self.token or len(self.token) < 16 or not self.token.isascii() or not self.token.isprintable():
             raise AgentConfigError("rig token is missing or malformed (copy it from the panel's enrolment page)")
+        if not 0 <= self.clock_tolerance <= 3600:
+            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE must be between 0 and 3600 seconds")
         if not 0.2 <= self.telemetry_interval <= 3600:
             raise AgentConfigError("telemetry interval must be between 0.2 and 3600 seconds")
 
@@ -70,14 +76,33 @@ class AgentConfig:
             disk_margin = int(env.get("MORPHEUS_DOWNLOAD_DISK_MARGIN_MB", "1024")) * 1024 * 1024
         except ValueError:
             raise AgentConfigError("MORPHEUS_MAX_DOWNLOADS and MORPHEUS_DOWNLOAD_DISK_MARGIN_MB must be integers") from None
+        try:
+            tolerance = float(env.get("MORPHEUS_AGENT_CLOCK_TOLERANCE", "30"))
+        except ValueError:
+            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE must be a number of seconds") from None
         extra = tuple(Path(p) for p in env.get("MORPHEUS_AGENT_MODEL_DIRS", "").split(":") if p.strip())
+        data_dir = Path(env.get("MORPHEUS_AGENT_DATA_DIR", Path.home() / ".morpheus-agent"))
         return cls(
             max_downloads=max_downloads,
             disk_margin=max(0, disk_margin),
             extra_model_dirs=extra,
             broker_url=env.get("MORPHEUS_BROKER_URL", ""),
             node=env.get("MORPHEUS_NODE", ""),
-            token=env.get("MORPHEUS_NODE_TOKEN", ""),
-            data_dir=Path(env.get("MORPHEUS_AGENT_DATA_DIR", Path.home() / ".morpheus-agent")),
+            token=env.get("MORPHEUS_NODE_TOKEN") or read_token_file(env.get("MORPHEUS_NODE_TOKEN_FILE")
+                                                                     or data_dir / "token"),
+            data_dir=data_dir,
             telemetry_interval=interval,
+            clock_tolerance=tolerance,
         )
+
+
+def read_token_file(path):
+    """The rig's token from its file; a file others can read is refused (it opens this rig's broker account)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AgentConfigError(f"no rig token: put it in {path} (chmod 600) or set MORPHEUS_NODE_TOKEN") from None
+    if mode & 0o077:
+        raise AgentConfigError(f"{path} is readable by other users: run `chmod 600 {path}`")
+    return path.read_text().strip()

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import tqdm
 
@@ -73,6 +74,16 @@ class DownloadRequest:
         data = asdict(self)
         data.pop("token")
         return data
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def token_for(url, endpoint, token):
+    """The token only for the Hub itself: a download the Hub redirects to a CDN or a bucket gets none."""
+    return token if token and _origin(url) == _origin(endpoint) else False
 
 
 def repo_folder(repo_id):
@@ -258,7 +269,11 @@ class Downloader:
         return self.journal_dir / f"{int(operation_id)}.json"
 
     def journal(self, operation_id, request, extra=None):
-        """Written before the first byte; removed when the download ends either way. 0600: it holds the token."""
+        """Written before the first byte; removed when the download ends either way.
+
+        The token is kept in clear here, so a restarted agent can resume a gated download: hence 0600, in the
+        agent's own state folder, and gone as soon as the download ends.
+        """
         path = self._journal_path(operation_id)
         tmp = path.with_suffix(".tmp")
         entry = {"operation": operation_id, "request": {**request.public(), "token": request.token},
@@ -379,7 +394,8 @@ class Downloader:
                 return _file_result(dest, spec.filename, digest, expected, already=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        headers = build_hf_headers(token=request.token or False)
+        token = token_for(meta.location, request.endpoint or constants.ENDPOINT, request.token)
+        headers = build_hf_headers(token=token)
         with open(part, "a+b") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,11 +1,17 @@
-"""Names both sides of the broker agree on: queues, task names, report kinds."""
+"""The whole contract between the panel and its rigs: queues, broker accounts, the command envelope, task names
+and their arguments, report kinds, operation and server states. Both sides import these names."""
 
 import re
 
 PANEL_QUEUE = "panel"
 REPORT_TASK = "panel.report"
+PROTOCOL_VERSION = 2
 
-# Tasks the panel sends to a rig's own queue.
+NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+
+# Tasks the panel sends to a rig's own queue. Each message's kwargs are exactly {"envelope", "mac"}
+# (nodes/agent/envelope.py); the envelope's `args` hold the keyword arguments listed here, and its
+# `operation` the Operation id for the tasks marked so.
 AGENT_REFRESH_HARDWARE = "agent.refresh_hardware"
 AGENT_PING = "agent.ping"
 AGENT_DOWNLOAD_MODEL = "agent.download_model"
@@ -19,18 +25,57 @@ AGENT_APPLY_DEPLOYMENT = "agent.apply_deployment"
 AGENT_FORGET_DEPLOYMENT = "agent.forget_deployment"
 AGENT_RECONCILE_DEPLOYMENTS = "agent.reconcile_deployments"
 
+# task name → (takes an operation id, its keyword arguments: required, optional)
+COMMANDS = {
+    AGENT_REFRESH_HARDWARE: (True, (), ()),
+    AGENT_PING: (True, (), ()),
+    AGENT_DOWNLOAD_MODEL: (True, ("request",), ("model_file",)),
+    AGENT_SCAN_MODELS: (True, (), ()),
+    AGENT_DELETE_MODEL_FILE: (True, ("path",), ()),
+    AGENT_CANCEL: (True, (), ()),
+    AGENT_BUILD_LLAMA: (True, ("build_id", "request"), ("hardware",)),
+    AGENT_ADOPT_BUILD: (True, ("build_id", "path"), ()),
+    AGENT_DELETE_BUILD: (True, ("build_id",), ()),
+    AGENT_APPLY_DEPLOYMENT: (True, ("spec", "goal"), ()),
+    AGENT_FORGET_DEPLOYMENT: (False, ("deployment_id",), ()),
+    AGENT_RECONCILE_DEPLOYMENTS: (False, ("specs",), ()),
+}
+
+# Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
+SECRET_FIELDS = frozenset({"token", "api_key"})
+
 # Report kinds an agent sends back.
 HARDWARE = "hardware"
 TELEMETRY = "telemetry"
 OPERATION = "operation"
 MODEL_FILES = "model_files"
 DEPLOYMENT = "deployment"
+REJECTED_COMMAND = "rejected_command"
 
-NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
-PROTOCOL_VERSION = 1
+# Operation states: the panel creates an operation "queued"; an agent reports the others.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+OPERATION_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+REPORTED_OPERATION_STATES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+# A llama-server as the rig's supervisor sees it.
+SERVER_STATES = ("stopped", "starting", "loading", "healthy", "backoff", "failed")
 
 
 def node_queue(name):
     if not NODE_NAME_RE.match(name or ""):
         raise ValueError(f"{name!r} is not a valid rig name")
     return f"node.{name}"
+
+
+def broker_username(name):
+    """The rig's own Redis ACL user: it reads and writes only its own queue keys."""
+    node_queue(name)
+    return f"rig-{name}"
+
+
+# The agent's transport keeps its in-flight bookkeeping under its own keys (the default `unacked` hash is
+# shared and would hold every rig's messages).
+def unacked_keys(name):
+    queue = node_queue(name)
+    return {"unacked_key": f"unacked.{queue}", "unacked_index_key": f"unacked_index.{queue}",
+            "unacked_mutex_key": f"unacked_mutex.{queue}"}

@@ -94,6 +94,13 @@ def check_host(host):
     return str(address)
 
 
+def check_exposure(host, api_key):
+    """A server that other machines can reach (0.0.0.0 and :: included) must ask clients for a key."""
+    if not api_key and not ipaddress.ip_address(host).is_loopback:
+        raise SpecError(f"host {host} lets other machines reach the server: set an API key, "
+                        "or use 127.0.0.1 to keep it on the rig")
+
+
 def check_port(port):
     return _int("port", port, 1024, 65535)
 
@@ -149,6 +156,9 @@ def check_spec(spec):
         raise SpecError("alias may hold letters, digits and . _ : / - (up to 100)")
     if spec.api_key and not API_KEY_RE.match(spec.api_key):
         raise SpecError("API key must be 8-128 characters of letters, digits and ._~+/=-")
+    # Only a running server binds: a keyless one saved before this rule can still be told to stop.
+    if spec.desired == "running":
+        check_exposure(spec.host, spec.api_key)
     check_extra_flags(spec.extra_flags)
     if spec.desired not in ("running", "stopped"):
         raise SpecError("desired state must be running or stopped")

@@ -19,11 +19,13 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from .childenv import child_environment
+from .protocol import SERVER_STATES
 from .serverspec import ServerSpec, SpecError, launch_args
 
 log = logging.getLogger("morpheus.agent.supervisor")
 
-STOPPED, STARTING, LOADING, HEALTHY, BACKOFF, FAILED = "stopped", "starting", "loading", "healthy", "backoff", "failed"
+STOPPED, STARTING, LOADING, HEALTHY, BACKOFF, FAILED = SERVER_STATES
 MAX_CRASHES = 5  # within CRASH_WINDOW seconds → failed
 CRASH_WINDOW = 600
 BACKOFF_BASE, BACKOFF_MAX = 1.0, 60.0
@@ -322,7 +324,7 @@ class Supervisor:
             log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launching: {' '.join(args)}\n".encode())
             log_file.flush()
             popen = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, cwd=server.folder)
+                                     start_new_session=True, cwd=server.folder, env=child_environment())
         if server.started_at is not None:
             server.restarts += 1
         server.popen, server.pid = popen, popen.pid

@@ -1,0 +1,1 @@
+"""Operator logins: lockouts, the TOTP second factor and its login step."""

@@ -1,0 +1,41 @@
+"""The panel's side of the signed channel: every command to a rig leaves through `send_command`.
+
+It seals the secret fields (protocol.SECRET_FIELDS) for that rig, signs the envelope with the rig's key, and puts
+the message on the rig's queue with nothing readable in Celery's own headers (`argsrepr`, `kwargsrepr`).
+"""
+
+from django.conf import settings
+
+from morpheus_admin.celery import app
+from nodes.agent import envelope, protocol
+
+
+class NoRigKey(Exception):
+    """A rig enrolled before rigs had keys: it must get a new token before it can be sent anything."""
+
+
+def seal_secrets(keys, value):
+    if isinstance(value, dict):
+        return {k: envelope.seal(keys, v) if k in protocol.SECRET_FIELDS and isinstance(v, str) and v
+                else seal_secrets(keys, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [seal_secrets(keys, v) for v in value]
+    return value
+
+
+def signed_command(node, task, args=None, operation=None, ttl=None):
+    """The kwargs of the message for `task` on `node`: {"envelope", "mac"}."""
+    keys = node.keys
+    if keys is None:
+        raise NoRigKey(f"rig {node.name} has no key yet: rotate its token and restart its agent")
+    ttl = settings.OPERATION_PICKUP_TIMEOUT if ttl is None else ttl
+    return envelope.sign_command(keys, task=task, rig=node.name, args=seal_secrets(keys, args or {}),
+                                 operation=operation, ttl=ttl)
+
+
+def send_command(node, task, args=None, operation=None, ttl=None):
+    """Sign and send; the broker drops the message after `ttl` seconds (default: the pickup timeout)."""
+    ttl = settings.OPERATION_PICKUP_TIMEOUT if ttl is None else ttl
+    kwargs = signed_command(node, task, args, operation, ttl)
+    app.send_task(task, kwargs=kwargs, queue=node.queue, expires=ttl, argsrepr="()",
+                  kwargsrepr=f"<signed for rig {node.name}>")
