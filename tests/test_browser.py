@@ -21,6 +21,15 @@ def log_in(page, live_server, username, password):
     expect(page.get_by_role("heading", name="Rigs")).to_be_visible(timeout=WAIT_MS)
 
 
+def confirm_password(page, password):
+    """Give the password the panel asks for again before a risky action; the user is back where they clicked and
+    does the action again (nothing was done yet)."""
+    expect(page.get_by_role("heading", name="Confirm your password")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator(".flash")).to_contain_text("Password confirmed")
+
+
 def htmx_requests(page):
     """Records the requests htmx makes (it marks them with an HX-Request header)."""
     seen = []

@@ -15,7 +15,7 @@ from tests import llama
 from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
 from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
-from tests.test_browser import WAIT_MS, htmx_requests, log_in
+from tests.test_browser import WAIT_MS, confirm_password, htmx_requests, log_in
 
 pytestmark = pytest.mark.browser
 
@@ -71,6 +71,11 @@ def test_it_builds_llama_cpp_hosts_a_model_turns_healthy_live_and_stops_it(
     expect(page.get_by_role("heading", name="llama.cpp builds on alpha")).to_be_visible()
     expect(page.locator("#builds")).to_contain_text("No builds yet.")
     form = page.locator("#build-form")
+    form.get_by_label("Source").fill(source)
+    form.get_by_label("Ref").fill(llama.TAG)
+    form.get_by_role("button", name="Build").click()
+    # A build from anything but the official release runs new code on the rig: the password first.
+    confirm_password(page, "operator-pass-1")
     form.get_by_label("Source").fill(source)
     form.get_by_label("Ref").fill(llama.TAG)
     form.get_by_role("button", name="Build").click()
