@@ -9,6 +9,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from morpheus_admin import envconf
+from nodes.agent import transport
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 def _env(reader, *args, **kwargs):
     try:
         return reader(*args, **kwargs)
-    except envconf.ConfigError as exc:
+    except (envconf.ConfigError, transport.BrokerURLError) as exc:
         raise ImproperlyConfigured(str(exc)) from None
 
 
@@ -162,7 +163,8 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Celery: JSON only, late acks, one message at a time, explicit limits -------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-CELERY_BROKER_URL = REDIS_URL
+# rediss://: the broker's certificate is verified (ssl_* URL parameters or MORPHEUS_BROKER_CA_FILE say how).
+CELERY_BROKER_URL, CELERY_BROKER_USE_SSL = _env(transport.tls_settings, REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"

@@ -8,7 +8,6 @@ from django.contrib.auth.models import Group, User
 from morpheus_admin import localredis
 from morpheus_admin.celery import app as celery_app
 from nodes import reauth
-from nodes.models import Node
 from nodes.permissions import OPERATORS_GROUP, VIEWERS_GROUP
 from tests import harness
 

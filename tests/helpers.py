@@ -1,14 +1,21 @@
-"""The test kit: rigs in the DB, messages waiting for rigs (opened as the rig would), reports signed as a rig
-signs them."""
+"""The test kit: pages as text, free ports, rigs in the DB, messages waiting for rigs (opened as the rig would),
+reports signed as a rig signs them. Processes and `wait_until` live in tests/harness.py."""
 
+import html
 import json
 from collections import namedtuple
 
 from morpheus_admin.celery import app as celery_app
+from morpheus_admin.localredis import free_port  # noqa: F401  (one free-port helper for every test)
 from nodes.agent import envelope
 from nodes.models import Node
 
 QueuedMessage = namedtuple("QueuedMessage", "task args kwargs expires envelope")
+
+
+def page(response):
+    """A response's HTML as a reader sees the text (entities decoded)."""
+    return html.unescape(response.content.decode())
 
 
 def make_node(name, **fields):

@@ -1,9 +1,6 @@
 """A provider builds llama.cpp on a rig, hosts a model with it and stops it, in Chromium, against a real agent."""
 
-import os
 import re
-import signal
-import socket
 import urllib.request
 
 import pytest
@@ -12,9 +9,9 @@ from playwright.sync_api import expect
 from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
 from tests import llama
-from tests.helpers import make_node
 from tests.gguf_model import write_tiny_llama
-from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
+from tests.harness import cmdline, stop_llama_servers_under
+from tests.helpers import free_port, make_node
 from tests.test_browser import WAIT_MS, confirm_password, htmx_requests, log_in
 
 pytestmark = pytest.mark.browser
@@ -32,12 +29,6 @@ def health(port):
             return response.status
     except OSError:
         return None
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ COMPOSE_SECRETS = {
     "DJANGO_ALLOWED_HOSTS": "panel.example.com",
     "POSTGRES_PASSWORD": "pg-test-password",
     "REDIS_PASSWORD": "redis-test-password",
+    "MORPHEUS_SECRETS_KEY": "BAZ6JtLbnc2vTPdR_tqVhmqzMcyZhcTs0sJIDdOcUOc=",
 }
 
 
@@ -159,6 +160,11 @@ def test_it_renders_the_panel_the_worker_beat_and_a_gpu_rig_agent(tmp_path):
     agent = services["agent"]
     assert agent["command"][:3] == ["python", "-m", "nodes.agent"]
     assert "DATABASE_URL" not in agent["environment"]  # rigs never touch the database
+    # Rigs get the broker's address, never the admin's password: each logs in as its own account.
+    assert COMPOSE_SECRETS["REDIS_PASSWORD"] not in json.dumps(agent)
+    assert "@" not in agent["environment"]["MORPHEUS_BROKER_URL"]
+    assert "@" not in web["environment"]["MORPHEUS_RIG_BROKER_URL"]
+    assert web["environment"]["MORPHEUS_SECRETS_KEY"] == COMPOSE_SECRETS["MORPHEUS_SECRETS_KEY"]
     devices = agent["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
 

@@ -14,7 +14,7 @@ from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
 from nodes.models import Operation
 from tests import llama
-from tests.helpers import make_node
+from tests.helpers import free_port, make_node
 from tests.gguf_model import write_tiny_llama
 from tests.harness import cmdline, llama_servers_under, stop_llama_servers_under, wait_until
 
@@ -102,19 +102,13 @@ def _health(port):
         return None
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def hosted(alpha, operator_client, llama_server_binary, tmp_path):
     node, token, agent = alpha
     build = _adopt(operator_client, node, llama_server_binary)
     model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
     rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
-    port = _free_port()
+    port = free_port()
     response = operator_client.post("/rigs/alpha/deployments/new/", {
         "name": "tiny", "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": port,
         "ctx_size": 512, "n_gpu_layers": 0, "parallel": 2, "flash_attn": "off", "cache_type_k": "f16",

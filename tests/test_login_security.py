@@ -1,6 +1,5 @@
 """Operator logins: the lockout after failed logins, the locked-out logins page, the TOTP second factor."""
 
-import html
 import os
 import subprocess
 import sys
@@ -11,14 +10,11 @@ from django.contrib.auth import SESSION_KEY
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
+from tests.helpers import page
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def log_in(client, username, password, url="/login/", **extra):

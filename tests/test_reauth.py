@@ -1,7 +1,6 @@
 """The password asked again before rotating a rig token, setting the Hub token, building llama.cpp from another
 source than the official release, and adopting a binary (nodes/reauth.py)."""
 
-import html
 import time
 
 import pytest
@@ -14,16 +13,12 @@ from hosting.models import Build
 from models_catalog.models import HubSettings
 from nodes import reauth
 from nodes.agent import builder
-from tests.helpers import make_node
+from tests.helpers import make_node, page
 
 pytestmark = pytest.mark.django_db
 
 RIG_PAGE = "http://testserver/rigs/alpha/"
 OFFICIAL = {"build-source": builder.DEFAULT_SOURCE, "build-ref": builder.DEFAULT_REF, "build-backend": "auto"}
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def asks_password(response):

@@ -22,6 +22,7 @@ from nodes.agent.supervisor import Supervisor
 from tests import llama
 from tests.gguf_model import write_tiny_llama
 from tests.harness import wait_until
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +33,6 @@ def binary():
 @pytest.fixture(scope="session")
 def model(tmp_path_factory):
     return str(write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-F32.gguf"))
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cmdline(pid):

@@ -1,15 +1,13 @@
 """The catalogue pages: curated models, Hub search, a repo's files, the token, downloads, cancel, rig files."""
 
-import html
 
 import pytest
 
 from models_catalog.models import CatalogModel, HubSettings, ModelFile, RigFile
 from models_catalog.tasks import read_model_facts
-from morpheus_admin.celery import app
 from nodes.agent import envelope
 from nodes.models import Operation
-from tests.helpers import make_node, queued_messages, unsealed
+from tests.helpers import make_node, page, queued_messages, unsealed
 from tests.gguf_model import write_tiny_llama
 from tests.hubstub import Hub
 
@@ -21,10 +19,6 @@ REPO = "test-org/Tiny-GGUF"
 TOKEN = "hf_views_secret_token_77"
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def drain(queue):

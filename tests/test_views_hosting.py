@@ -3,7 +3,6 @@
 Messages to rigs go to this process's memory:// broker; each test reads what its rig's queue received.
 """
 
-import html
 
 import pytest
 from django.utils import timezone
@@ -11,10 +10,9 @@ from django.utils import timezone
 from hosting.models import Build, Deployment
 from hosting.tasks import reconcile_deployments
 from models_catalog.models import RigFile
-from morpheus_admin.celery import app
 from nodes.agent import protocol
 from nodes.models import Operation
-from tests.helpers import make_node, queued_messages, unsealed
+from tests.helpers import make_node, page, queued_messages, unsealed
 
 pytestmark = pytest.mark.django_db
 
@@ -24,10 +22,6 @@ MODEL = "/var/lib/morpheus-agent/models/org__Tiny-GGUF/tiny-Q8_0.gguf"
 TWO_3090S = {"gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"},
                       {"index": 1, "name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"}]}
 
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def drain(queue):

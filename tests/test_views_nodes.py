@@ -1,6 +1,5 @@
 """The dashboard, adding a rig, its page, rotating its token and removing it."""
 
-import html
 import re
 from datetime import timedelta
 
@@ -8,9 +7,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.helpers import report as handle_report
 from nodes.models import HardwareProfile, Node
-from tests.helpers import make_node
+from tests.helpers import make_node, page, report as handle_report
 from tests.test_reports import hardware, telemetry
 
 pytestmark = pytest.mark.django_db
@@ -18,10 +16,6 @@ pytestmark = pytest.mark.django_db
 SEED_TEMPLATE = "Seed sample build: 2x RTX 3090"
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def token_on(response):

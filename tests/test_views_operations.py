@@ -1,24 +1,18 @@
 """Starting an operation on a rig, its page and its polling partial, and the operations list."""
 
-import html
 import re
 
 import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from morpheus_admin.celery import app
 from nodes.models import Operation
-from tests.helpers import make_node, queued_messages
+from tests.helpers import make_node, page, queued_messages
 
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def drain(queue):

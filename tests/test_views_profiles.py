@@ -1,12 +1,11 @@
 """Planned builds: the seed template, creating, copying and editing a parts list."""
 
-import html
 from decimal import Decimal
 
 import pytest
 
 from nodes.models import HardwareProfile, Part
-from tests.helpers import make_node
+from tests.helpers import make_node, page
 
 pytestmark = pytest.mark.django_db
 
@@ -17,10 +16,6 @@ SEED_TEMPLATE = "Seed sample build: 2x RTX 3090"
 @pytest.fixture
 def seed():
     return HardwareProfile.objects.get(name=SEED_TEMPLATE)
-
-
-def page(response):
-    return html.unescape(response.content.decode())
 
 
 def build_form(name, parts, existing=(), **fields):

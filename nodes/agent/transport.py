@@ -111,8 +111,10 @@ def rig_queue(node):
     return Queue(name, Exchange(name, type="direct"), routing_key=name, no_declare=True)
 
 
-def agent_celery_config(broker_url, node, token, environ=None):
-    """Settings for `app.conf.update(...)` that a rig's ACL account allows (see the module docstring)."""
+def tls_settings(broker_url, environ=None):
+    """(the URL without its ssl_* parameters, Celery's `broker_use_ssl` for it or None). Certificates are verified
+    unless the URL says otherwise: for a bare rediss:// URL kombu alone would skip the check, with only a warning.
+    The panel uses this for its own connections too (settings.py)."""
     parts = urlsplit(broker_url)
     query, found = _split_ssl_options(parts)
     use_ssl = None
@@ -120,7 +122,13 @@ def agent_celery_config(broker_url, node, token, environ=None):
         use_ssl = broker_use_ssl(found, environ)
     elif found:
         raise BrokerURLError("ssl_* options in the broker URL need a rediss:// URL")
-    url = rig_broker_url(urlunsplit(parts._replace(query=query)), node, token)
+    return urlunsplit(parts._replace(query=query)), use_ssl
+
+
+def agent_celery_config(broker_url, node, token, environ=None):
+    """Settings for `app.conf.update(...)` that a rig's ACL account allows (see the module docstring)."""
+    plain_url, use_ssl = tls_settings(broker_url, environ)
+    url = rig_broker_url(plain_url, node, token)
     queue = rig_queue(node)
     config = {
         "broker_url": url,

@@ -10,7 +10,6 @@ snapshot a sampler thread keeps fresh (NVML never blocks the loop).
 
 import logging
 import threading
-import time
 from contextlib import contextmanager
 
 from celery import Celery, bootsteps
