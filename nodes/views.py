@@ -20,7 +20,8 @@ from nodes.reauth import require_recent_password
 
 
 def _nodes_for_dashboard():
-    return Node.objects.select_related("profile").prefetch_related(
+    # The token is sealed: opening 200 of them per poll would cost time for nothing shown.
+    return Node.objects.defer("token").select_related("profile").prefetch_related(
         # A plain list: `node.gpus.all()` on a prefetched manager still clones a queryset, 200 times a poll.
         Prefetch("gpus", queryset=GPU.objects.order_by("index"), to_attr="gpu_list"),
         Prefetch("profile__parts", queryset=Part.objects.all()),
@@ -70,8 +71,12 @@ def node_add(request):
     form = NodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         # Shown once, in this response; the panel keeps it sealed and never renders it again.
-        token, problem = rigs.enrol(form.save(commit=False))
-        return _enrolment_page(request, form.instance, token, created=True, broker_problem=problem)
+        try:
+            token, problem = rigs.enrol(form.save(commit=False))
+        except rigs.EnrolmentRefused as exc:  # a Redis 6 broker: this machine's rig only; nothing was saved
+            form.add_error(None, str(exc))
+        else:
+            return _enrolment_page(request, form.instance, token, created=True, broker_problem=problem)
     return render(request, "nodes/node_form.html", {"form": form})
 
 
