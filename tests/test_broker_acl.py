@@ -44,10 +44,12 @@ def test_version_parsing_and_the_reason_given():
     assert broker.parse_version("6.2.14") == (6, 2, 14)
     assert broker.parse_version("7.0.15") == (7, 0, 15)
     assert broker.parse_version("") == (0,)
-    label, version = broker.describe_server({"redis_version": "6.2.14"})
+    label, version = broker.describe_server({"redis_version": "5.0.7"})
     reason = broker.version_problem(label, version, "10.0.0.5:6379")
-    assert reason.startswith("Redis 6.2.14 at 10.0.0.5:6379 cannot make the panel queue write-only for rigs")
+    assert reason.startswith("Redis 5.0.7 at 10.0.0.5:6379 is too old: it has no ACL users")
     assert "Redis 7" in reason
+    # Redis 6.x holds rig accounts, for this machine's rig only (tests/test_broker_redis6.py)
+    assert broker.version_problem(*broker.describe_server({"redis_version": "6.2.14"}), "h:1") is None
     assert broker.version_problem(*broker.describe_server({"redis_version": "7.0.15"}), "h:1") is None
     label, version = broker.describe_server({"redis_version": "7.2.4", "valkey_version": "9.1.2"})
     assert label == "Valkey 9.1.2" and broker.version_problem(label, version, "h:1") is None
@@ -399,18 +401,19 @@ def test_check_broker_refuses_a_login_that_cannot_manage_acls(admin_url, admin):
 
 
 @pytest.mark.integration
-def test_check_broker_refuses_redis_6(admin_url, monkeypatch):
+def test_check_broker_refuses_redis_5(admin_url, monkeypatch):
     real_info = redis.Redis.info
 
     def info(self, section=None, *args, **kwargs):
         found = real_info(self, section, *args, **kwargs)
         if section != "server":
             return found
-        return {k: v for k, v in found.items() if k != "valkey_version"} | {"redis_version": "6.2.14"}
+        return {k: v for k, v in found.items() if k != "valkey_version"} | {"redis_version": "5.0.7"}
 
     monkeypatch.setattr(redis.Redis, "info", info)
-    with pytest.raises(broker.BrokerUnsupported, match=r"Redis 6\.2\.14 at 127\.0\.0\.1:\d+ cannot make the panel"):
+    with pytest.raises(broker.BrokerUnsupported, match=r"Redis 5\.0\.7 at 127\.0\.0\.1:\d+ is too old: it has no ACL"):
         broker.check_broker(admin_url)
+    assert broker.remote_rigs_supported(admin_url) is False
 
 
 @pytest.mark.integration
