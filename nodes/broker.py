@@ -267,22 +267,25 @@ def rig_acl_rules(name, password_hash=None, *, db=0, client_setinfo=False, versi
     Redis 6.2 (limited mode, this machine's rig only) has no selectors: see _rig_acl_rules_redis6."""
     if version is not None and tuple(version) < MIN_VERSION:
         return _rig_acl_rules_redis6(name, password_hash, db=db)
-    queue = protocol.node_queue(name)
-    panel = protocol.PANEL_QUEUE
+    queue, panel = protocol.node_queue(name), protocol.PANEL_QUEUE
+    rules = _own_rules(name, password_hash, db, extra_commands=["client|setinfo"] if client_setinfo else [])
+    rules.append(f"(%W~{panel} %W~{panel}{SEP}* +{PANEL_PUSH})")
+    rules.append(f"(%R~_kombu.binding.{panel} %R~_kombu.binding.{queue} +{BINDING_READ})")
+    return rules
+
+
+def _own_rules(name, password_hash, db, extra_commands):
+    """What every rig account starts from: a fresh user, RIG_COMMANDS (+ `extra_commands`) on its own keys only."""
     rules = ["reset", "on"]
     if password_hash:
         rules.append(f"#{password_hash}")
     rules += ["resetkeys", "resetchannels", "-@all"]
-    rules += [f"+{command}" for command in RIG_COMMANDS]
+    rules += [f"+{command}" for command in (*RIG_COMMANDS, *extra_commands)]
     rules.append(f"+evalsha|{release_script_sha()}")
     if db:
         rules.append(f"+select|{int(db)}")
-    if client_setinfo:
-        rules.append("+client|setinfo")
-    rules += [f"~{queue}", f"~{queue}{SEP}*"]
+    rules += [f"~{protocol.node_queue(name)}", f"~{protocol.node_queue(name)}{SEP}*"]
     rules += [f"~{key}" for key in protocol.unacked_keys(name).values()]
-    rules.append(f"(%W~{panel} %W~{panel}{SEP}* +{PANEL_PUSH})")
-    rules.append(f"(%R~_kombu.binding.{panel} %R~_kombu.binding.{queue} +{BINDING_READ})")
     return rules
 
 
@@ -294,23 +297,12 @@ def _rig_acl_rules_redis6(name, password_hash, *, db):
     command, no pub/sub command. `resetchannels` after `reset`: 6.2's `reset` allows every channel when
     acl-pubsub-default is allchannels, its default there. (Redis 6.0 knows no channel permissions at all, nor
     `resetchannels`: any user could use any channel its commands reach. It is refused anyway: version_problem.)"""
-    queue = protocol.node_queue(name)
-    panel = protocol.PANEL_QUEUE
-    rules = ["reset", "on"]
-    if password_hash:
-        rules.append(f"#{password_hash}")
-    rules += ["resetkeys", "resetchannels", "-@all"]
-    rules += [f"+{command}" for command in RIG_COMMANDS]
-    rules.append(f"+{BINDING_READ}")
-    rules.append(f"+evalsha|{release_script_sha()}")
-    if db:
-        rules.append(f"+select|{int(db)}")
+    queue, panel = protocol.node_queue(name), protocol.PANEL_QUEUE
     # Subcommands redis-py sends on every connect that Redis 6 does not have. Redis 6 takes `command|first-argument`
     # rules for any argument: allowed, they are answered "unknown subcommand" instead of filling ACL LOG (Redis 7
     # answers so before it checks the ACL, as it knows its subcommands).
-    rules += [f"+client|{sub}" for sub in REDIS6_UNKNOWN_CLIENT_SUBCOMMANDS]
-    rules += [f"~{queue}", f"~{queue}{SEP}*"]
-    rules += [f"~{key}" for key in protocol.unacked_keys(name).values()]
+    rules = _own_rules(name, password_hash, db, extra_commands=[
+        BINDING_READ, *(f"client|{sub}" for sub in REDIS6_UNKNOWN_CLIENT_SUBCOMMANDS)])
     rules.append(f"~_kombu.binding.{queue}")
     rules += [f"~{panel}", f"~{panel}{SEP}*", f"~_kombu.binding.{panel}"]
     return rules
