@@ -5,6 +5,7 @@ The key comes from MORPHEUS_SECRETS_KEY, else from a 0600 key file (MORPHEUS_SEC
 lost its key must say so, not seal new secrets with a fresh one it cannot read back later.
 """
 
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -16,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 PREFIX = "sealed:v1:"
+log = logging.getLogger("morpheus.sealing")
 _lock = threading.Lock()
 _cache = {}
 
@@ -98,7 +100,15 @@ class SealedTextField(models.TextField):
     """A text column that holds only ciphertext; Python sees the clear value. Not searchable, by design."""
 
     def from_db_value(self, value, expression, connection):
-        return unseal(value) if value else ""
+        if not value:
+            return ""
+        try:
+            return unseal(value)
+        except SealError as exc:
+            # A lost or changed key must not take every page down: the secret reads as unset (a rig then asks for
+            # a new token, the Hub token for a new value); the ciphertext stays until a new value replaces it.
+            log.error("%s.%s: %s", self.model.__name__, self.name, exc)
+            return ""
 
     def get_prep_value(self, value):
         value = super().get_prep_value(value)

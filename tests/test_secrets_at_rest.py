@@ -80,3 +80,16 @@ def test_it_seals_the_clear_secrets_of_a_panel_upgraded_in_place(transactional_d
         assert getattr(model.objects.get(pk=row.pk), column) == secret
     finally:
         migrate(app, after)
+
+
+@pytest.mark.django_db
+def test_a_lost_secrets_key_reads_as_unset_and_says_so(settings, caplog):
+    from morpheus_admin import sealing
+    from nodes.models import Node
+
+    node, _token = make_node("alpha")
+    settings.SECRETS_KEY = sealing.new_key()  # the panel restarted with another key
+    with caplog.at_level("ERROR", logger="morpheus.sealing"):
+        reloaded = Node.objects.get(pk=node.pk)
+    assert reloaded.token == "" and reloaded.keys is None  # its page asks for a new token
+    assert "cannot be opened with this panel's secrets key" in caplog.text
