@@ -280,3 +280,11 @@ def test_it_removes_a_rig_and_rejects_its_agent_afterwards(operator_client):
     assert "Rig alpha removed" in page(response)
     assert not Node.objects.filter(name="alpha").exists()
     assert handle_report("alpha", token, "telemetry", telemetry()) == "unknown rig"
+
+
+def test_the_enrolment_page_never_hands_a_rig_the_admins_broker_login(operator_client, settings):
+    settings.RIG_BROKER_URL = "rediss://:admin-secret-pw@panel.example.com:6380/0?ssl_ca_certs=/etc/ca.pem"
+    content = page(operator_client.post("/rigs/add/", {"name": "rig-02", "notes": ""}))
+    assert "admin-secret-pw" not in content
+    assert "--broker 'rediss://panel.example.com:6380/0?ssl_ca_certs=/etc/ca.pem'" in content
+    assert 'MORPHEUS_BROKER_URL: "rediss://panel.example.com:6380/0?ssl_ca_certs=/etc/ca.pem"' in content
