@@ -68,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "nodes.middleware.NoRigKeyMiddleware",
     "accounts.middleware.SecondFactorMiddleware",
     "axes.middleware.AxesMiddleware",
 ]

@@ -13,6 +13,10 @@ from nodes.agent import envelope, protocol
 class NoRigKey(Exception):
     """A rig enrolled before rigs had keys: it must get a new token before it can be sent anything."""
 
+    def __init__(self, rig):
+        self.rig = rig
+        super().__init__(f"rig {rig} has no key yet: rotate its token and restart its agent")
+
 
 def seal_secrets(keys, value):
     if isinstance(value, dict):
@@ -27,7 +31,7 @@ def signed_command(node, task, args=None, operation=None, ttl=None):
     """The kwargs of the message for `task` on `node`: {"envelope", "mac"}."""
     keys = node.keys
     if keys is None:
-        raise NoRigKey(f"rig {node.name} has no key yet: rotate its token and restart its agent")
+        raise NoRigKey(node.name)
     ttl = settings.OPERATION_PICKUP_TIMEOUT if ttl is None else ttl
     return envelope.sign_command(keys, task=task, rig=node.name, args=seal_secrets(keys, args or {}),
                                  operation=operation, ttl=ttl)

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import transaction
 
 from nodes.agent import protocol
-from nodes.channel import send_command
+from nodes.channel import NoRigKey, send_command
 from nodes.models import Operation
 
 AGENT_TASKS = {
@@ -33,6 +33,8 @@ def start_operation(node, kind, user=None, target="", payload=None):
 
     A message nobody consumes expires after the pickup timeout, and expire_operations fails the row.
     """
+    if node.keys is None:  # enrolled before rigs had keys: nothing can be signed for it; the caller's transaction
+        raise NoRigKey(node.name)  # rolls back (nodes/middleware.py tells the provider)
     operation = Operation.objects.create(node=node, kind=kind, requested_by=user, target=target)
     transaction.on_commit(partial(send_command, node, AGENT_TASKS[kind], payload, operation=operation.pk,
                                   ttl=settings.OPERATION_PICKUP_TIMEOUT))
@@ -45,6 +47,7 @@ def cancel_operation(operation, now=None):
         return False
     if operation.status == Operation.QUEUED:
         operation.apply_report(Operation.CANCELLED, "cancelled before the rig started it", now=now)
-    transaction.on_commit(partial(send_command, operation.node, protocol.AGENT_CANCEL, operation=operation.pk,
-                                  ttl=CANCEL_TTL))
+    if operation.node.keys is not None:
+        transaction.on_commit(partial(send_command, operation.node, protocol.AGENT_CANCEL, operation=operation.pk,
+                                      ttl=CANCEL_TTL))
     return True

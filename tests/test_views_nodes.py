@@ -288,3 +288,15 @@ def test_the_enrolment_page_never_hands_a_rig_the_admins_broker_login(operator_c
     assert "admin-secret-pw" not in content
     assert "--broker 'rediss://panel.example.com:6380/0?ssl_ca_certs=/etc/ca.pem'" in content
     assert 'MORPHEUS_BROKER_URL: "rediss://panel.example.com:6380/0?ssl_ca_certs=/etc/ca.pem"' in content
+
+
+def test_a_rig_enrolled_before_rigs_had_keys_is_sent_nothing_and_the_page_says_why(operator_client):
+    from nodes.models import Operation
+
+    Node.objects.create(name="legacy")  # what the migration leaves: no token, so no key
+    response = operator_client.post("/rigs/legacy/operations/ping/", follow=True)
+    assert response.redirect_chain[-1][0] == "/rigs/legacy/"
+    content = page(response)
+    assert "rig legacy has no key yet: rotate its token and restart its agent. Nothing was sent." in content
+    assert "enrolled before rigs had their own keys" in content
+    assert not Operation.objects.exists()
