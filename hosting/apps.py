@@ -8,8 +8,8 @@ class HostingConfig(AppConfig):
     def ready(self):
         from hosting import tasks  # noqa: F401  (registered at start-up, as in nodes.apps)
         from hosting.ingest import apply_deployment, operation_changed
-        from nodes import ingest
+        from nodes import ingest, models
 
         ingest.register("deployment", apply_deployment)
-        if operation_changed not in ingest.OPERATION_LISTENERS:
-            ingest.OPERATION_LISTENERS.append(operation_changed)
+        if operation_changed not in models.OPERATION_LISTENERS:
+            models.OPERATION_LISTENERS.append(operation_changed)

@@ -16,7 +16,15 @@ BUILD_STATUS = {
 
 
 def operation_changed(operation):
-    """Keep a build's own status in step with its operation's."""
+    """Keep a build's own status in step with its operation's; drop its row once the rig deleted its files."""
+    if operation.kind == Operation.DELETE_BUILD and operation.is_terminal:
+        build_id = (operation.result or {}).get("build_id")
+        builds = Build.objects.filter(pk=build_id, node=operation.node_id) if isinstance(build_id, int) else None
+        if builds is not None and operation.status == Operation.SUCCEEDED:
+            builds.delete()
+        elif builds is not None:
+            builds.update(message=f"not deleted: {operation.message}"[:2000])
+        return
     if operation.kind not in (Operation.BUILD_LLAMA, Operation.ADOPT_BUILD):
         return
     build = Build.objects.filter(operation=operation).first()

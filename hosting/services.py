@@ -84,17 +84,23 @@ def set_desired(deployment, action, user):
 
 
 def delete_build(build, user):
+    """Refuse while deployments use it; else delete its files on the rig (returns that operation) or, with none,
+    the row at once (returns None)."""
     if build.deployments.filter(desired_state=Deployment.RUNNING).exists():
         names = ", ".join(d.name for d in build.deployments.filter(desired_state=Deployment.RUNNING))
         raise Refused(f"build {build} is used by running deployment(s) {names}: stop them first")
     if build.deployments.exists():
         raise Refused(f"build {build} is used by deployment(s) {', '.join(d.name for d in build.deployments.all())}: "
                       "delete them or switch them to another build first")
-    with transaction.atomic():
-        if not build.adopted and build.binary_path:
-            start_operation(build.node, Operation.DELETE_BUILD, user, target=str(build),
-                            payload={"build_id": build.pk})
+    if build.adopted or not build.binary_path:  # no files of ours on the rig: the row is all there is
         build.delete()
+        return None
+    with transaction.atomic():
+        # The row goes when the rig says the files have (hosting.ingest.operation_changed), not before.
+        operation = start_operation(build.node, Operation.DELETE_BUILD, user, target=str(build),
+                                    payload={"build_id": build.pk})
+        Build.objects.filter(pk=build.pk).update(message="deleting its files on the rig…")
+    return operation
 
 
 # The rig must hear it even if it is offline for a while (the periodic reconcile drops it anyway).

@@ -82,11 +82,12 @@ def build_delete(request, pk):
     build = get_object_or_404(Build.objects.select_related("node"), pk=pk)
     if request.method == "POST":
         try:
-            services.delete_build(build, request.user)
+            operation = services.delete_build(build, request.user)
         except services.Refused as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(request, f"Build {build} deleted.")
+            messages.success(request, f"Build {build}: deleting its files on the rig; the build goes once they have."
+                             if operation else f"Build {build} deleted.")
         return redirect("rig_builds", name=build.node.name)
     return render(request, "hosting/build_confirm_delete.html", {"build": build})
 

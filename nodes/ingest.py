@@ -17,6 +17,7 @@ log = logging.getLogger("morpheus.ingest")
 # Record a rejected token at most this often per rig, so a misconfigured agent cannot hammer the DB.
 REJECTION_WRITE_EVERY = timedelta(seconds=5)
 MAX_CLOCK_SKEW = timedelta(minutes=10)
+INTERRUPTED = "interrupted: the rig's agent restarted without finishing this operation"
 
 
 class Rejected(Exception):
@@ -173,8 +174,7 @@ def _update_latest_readings(changed, at):
 def mark_interrupted(rig, in_flight, now):
     """The agent started again: operations it was running and did not take back were lost with it."""
     lost = Operation.objects.filter(node=rig, status=Operation.RUNNING).exclude(pk__in=in_flight)
-    count = lost.update(status=Operation.FAILED, finished=now,
-                        message="interrupted: the rig's agent restarted without finishing this operation")
+    count = sum(operation.apply_report(Operation.FAILED, INTERRUPTED, now=now) for operation in lost)
     if count:
         log.warning("rig %s restarted; %d running operation(s) marked interrupted", rig.name, count)
 
@@ -186,10 +186,7 @@ def apply_operation(rig, report, now):
         return
     applied = operation.apply_report(report["status"], report["message"], report["result"], now=now,
                                      progress=report["progress"], log_tail=report["log"])
-    if applied:
-        for listener in OPERATION_LISTENERS:
-            listener(operation)
-    else:
+    if not applied:
         log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
 
 
@@ -207,8 +204,6 @@ APPLY = {
     "operation": apply_operation,
     "rejected_command": apply_rejected_command,
 }
-# Called with an Operation after a report moved it on (e.g. a finished build updates its Build row).
-OPERATION_LISTENERS = []
 
 
 def register(kind, apply):

@@ -15,6 +15,9 @@ from nodes.agent.protocol import NODE_NAME_RE, node_queue
 STALE_AFTER_INTERVALS = 2
 OFFLINE_AFTER_INTERVALS = 5
 
+# Called with an Operation after its status or progress changed; apps add theirs in AppConfig.ready().
+OPERATION_LISTENERS = []
+
 
 class Node(models.Model):
     NEW, ONLINE, STALE, OFFLINE = "new", "online", "stale", "offline"
@@ -327,6 +330,8 @@ class Operation(models.Model):
     def apply_report(self, status, message="", result=None, now=None, progress=None, log_tail=None):
         """Move along queued → running → terminal; never backwards, never out of a terminal state.
 
+        The one exit for every status change (a rig's report, a cancel, expiry, an interruption): after a change it
+        tells whoever mirrors operations (OPERATION_LISTENERS, e.g. a Build's own status), so nothing stays stuck.
         A running operation takes further running reports: they carry progress and the log tail.
         """
         now = now or timezone.now()
@@ -358,6 +363,8 @@ class Operation(models.Model):
         if updated:
             for key, value in fields.items():
                 setattr(self, key, value)
+            for listener in OPERATION_LISTENERS:
+                listener(self)
         return bool(updated)
 
 

@@ -33,12 +33,14 @@ def check_node_status():
 @shared_task(name="panel.expire_operations")
 def expire_operations():
     """A queued operation whose message expired unread (rig offline) would wait forever: fail it."""
-    cutoff = timezone.now() - timezone.timedelta(seconds=settings.OPERATION_PICKUP_TIMEOUT)
-    return Operation.objects.filter(status=Operation.QUEUED, created__lt=cutoff).update(
-        status=Operation.FAILED,
-        finished=timezone.now(),
-        message="the rig's agent did not pick this up in time (is the rig online?)",
-    )
+    now = timezone.now()
+    cutoff = now - timezone.timedelta(seconds=settings.OPERATION_PICKUP_TIMEOUT)
+    # One row at a time through the one exit, so a Build mirroring its operation is freed too.
+    expired = Operation.objects.filter(status=Operation.QUEUED, created__lt=cutoff)
+    return sum(operation.apply_report(Operation.FAILED, PICKUP_EXPIRED, now=now) for operation in expired)
+
+
+PICKUP_EXPIRED = "the rig's agent did not pick this up in time (is the rig online?)"
 
 
 @shared_task(name="panel.prune_history")

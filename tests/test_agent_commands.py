@@ -144,3 +144,22 @@ def test_reports_are_signed_numbered_and_carry_the_rig_clock(tmp_path):
     third = envelope.open_report(envelope.derive_keys(TOKEN), rig="alpha", body=published[-1][1]["kwargs"]["body"],
                                  mac=published[-1][1]["kwargs"]["mac"])
     assert third["seq"] > opened[1]["seq"]
+
+
+@pytest.mark.parametrize("running_from, deleted, outcome", [
+    (12, 1, "succeeded"),  # build 1's folder is not a prefix of build 12's
+    (1, 1, "failed"),
+])
+def test_it_deletes_a_build_folder_only_when_no_running_server_uses_it(agent, monkeypatch, running_from, deleted,
+                                                                       outcome):
+    builds = agent.cfg.data_dir / "builds"
+    for number in (1, 12):
+        (builds / str(number) / "bin").mkdir(parents=True)
+    binary = str(builds / str(running_from) / "bin" / "llama-server")
+    monkeypatch.setattr(agent.supervisor, "snapshot", lambda: [{"deployment": 3, "pid": 4242, "binary": binary}])
+    sent = run(agent, protocol.AGENT_DELETE_BUILD,
+               ping(task=protocol.AGENT_DELETE_BUILD, args={"build_id": deleted}))
+    [done] = [p for p in ran(sent) if p["status"] != "running"]
+    assert (done["status"], done["result"]) == (outcome, {"build_id": deleted})
+    assert (builds / str(deleted)).exists() == (outcome == "failed")
+    assert (builds / "12").exists()

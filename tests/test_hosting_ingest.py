@@ -7,9 +7,9 @@ from django.utils import timezone
 
 from hosting.models import Build, Deployment
 from models_catalog.models import RigFile
-from tests.helpers import report as handle_report
+from hosting import services
 from nodes.models import Operation
-from tests.helpers import make_node
+from tests.helpers import make_node, report as handle_report
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +93,70 @@ def test_it_records_an_adopted_binary_with_its_version(alpha):
     build.refresh_from_db()
     assert (build.status, build.backend, build.version, build.is_default) == (
         Build.READY, "cuda", "4589 (1d1e6a90)", True)
+
+
+def _cancel(build):
+    from nodes.operations import cancel_operation
+
+    cancel_operation(build.operation)
+
+
+def _expire(build):
+    from nodes.tasks import expire_operations
+
+    Operation.objects.filter(pk=build.operation_id).update(created=timezone.now() - timezone.timedelta(hours=1))
+    assert expire_operations() == 1
+
+
+def _interrupt(build):
+    from nodes.ingest import mark_interrupted
+
+    build.operation.apply_report(Operation.RUNNING, "building")
+    mark_interrupted(build.node, in_flight=[], now=timezone.now())
+
+
+@pytest.mark.parametrize("end, status, words", [
+    (_cancel, Build.CANCELLED, "cancelled before the rig started it"),
+    (_expire, Build.FAILED, "did not pick this up in time"),
+    (_interrupt, Build.FAILED, "interrupted: the rig's agent restarted"),
+])
+def test_a_build_ended_by_cancel_expiry_or_interruption_frees_the_rig_for_the_next(alpha, end, status, words):
+    node, _token = alpha
+    node.hardware = {"gpus": []}
+    node.save(update_fields=["hardware"])
+    first = services.start_build(node, None, "/src/llama.cpp", "b1")
+    with pytest.raises(services.Refused, match="already building"):
+        services.start_build(node, None, "/src/llama.cpp", "b2")
+
+    end(Build.objects.select_related("operation", "node").get(pk=first.pk))
+
+    first.refresh_from_db()
+    assert first.status == status and words in first.message and first.finished is not None
+    assert services.start_build(node, None, "/src/llama.cpp", "b2").status == Build.QUEUED
+
+
+@pytest.mark.parametrize("status, message, stays", [
+    ("succeeded", "removed /var/lib/morpheus-agent/builds/1", False),
+    ("failed", "a running server uses this build", True),
+])
+def test_a_deleted_build_goes_only_once_the_rig_removed_its_files(alpha, status, message, stays):
+    node, _token = alpha
+    build = start_build(node, status=Build.READY, binary_path=BINARY)
+    operation = services.delete_build(build, None)
+    assert Build.objects.filter(pk=build.pk).exists()
+    other, _ = make_node("beta")
+    theirs = start_build(other, status=Build.READY, binary_path=BINARY)
+    # A rig naming another rig's build in its result changes nothing of that rig's.
+    report_operation(alpha, operation, status, message, result={"build_id": theirs.pk})
+    assert Build.objects.filter(pk=theirs.pk).exists() and Build.objects.filter(pk=build.pk).exists()
+    operation.refresh_from_db()
+    assert operation.is_terminal
+
+    again = services.delete_build(Build.objects.get(pk=build.pk), None)
+    report_operation(alpha, again, status, message, result={"build_id": build.pk})
+    assert Build.objects.filter(pk=build.pk).exists() == stays
+    if stays:
+        assert Build.objects.get(pk=build.pk).message == f"not deleted: {message}"
 
 
 def test_it_leaves_builds_alone_for_other_kinds_of_operation(alpha):

@@ -223,8 +223,8 @@ def test_it_deletes_an_unused_build_and_tells_the_rig_to_remove_its_files(operat
                                                                           django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = operator_client.post(f"/builds/{ready_build.pk}/delete/", follow=True)
-    assert "deleted" in page(response)
-    assert not Build.objects.exists()
+    assert "deleting its files on the rig; the build goes once they have" in page(response)
+    assert Build.objects.get(pk=ready_build.pk).message == "deleting its files on the rig…"  # not gone yet
     [(task, _args, kwargs, _expires)] = drain(alpha.queue)
     assert task == protocol.AGENT_DELETE_BUILD and kwargs == {"build_id": ready_build.pk}
 

@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+from pathlib import Path
 
 from .. import builder as builds, protocol
 from ..probe import probe_hardware
@@ -81,9 +82,15 @@ def register(agent):
             if not mine:
                 return
             folder = (config.data_dir / "builds" / str(int(build_id))).resolve()
-            in_use = [s for s in agent.supervisor.snapshot() if s["pid"] and str(folder) in str(s.get("binary", ""))]
+            # Exact paths: build 1's folder is not a prefix of build 12's.
+            in_use = [s for s in agent.supervisor.snapshot()
+                      if s["pid"] and s.get("binary") and Path(s["binary"]).resolve().is_relative_to(folder)]
             if in_use:
-                agent.operation(operation_id, "failed", "a running server uses this build")
+                agent.operation(operation_id, "failed", "a running server uses this build",
+                                {"build_id": int(build_id)})
                 return
             shutil.rmtree(folder, ignore_errors=True)
-            agent.operation(operation_id, "succeeded", f"removed {folder}")
+            if folder.exists():
+                agent.operation(operation_id, "failed", f"could not remove {folder}", {"build_id": int(build_id)})
+                return
+            agent.operation(operation_id, "succeeded", f"removed {folder}", {"build_id": int(build_id)})
