@@ -187,6 +187,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 STATUS_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_STATUS_CHECK_INTERVAL", 10.0, minimum=0.2)
 # Operations a rig never picked up (its queue message expired) are failed after this many seconds.
 OPERATION_PICKUP_TIMEOUT = _env(envconf.env_int, "MORPHEUS_OPERATION_PICKUP_TIMEOUT", 120, minimum=1)
+# Once picked up (the agent reports "running" on taking a message), an operation must end within its kind's run
+# limit, in seconds; downloads have none (they resume and report progress). Loading a 70B model takes minutes.
+RUN_TIMEOUTS = {
+    "launch": _env(envconf.env_int, "MORPHEUS_LAUNCH_TIMEOUT", 1800, minimum=1),
+    "build": _env(envconf.env_int, "MORPHEUS_BUILD_TIMEOUT", 3 * 3600, minimum=1),
+    "other": _env(envconf.env_int, "MORPHEUS_RUN_TIMEOUT", 600, minimum=1),
+}
 # How often beat looks for such operations (tests shorten it to see the timeout without a 30 s wait).
 OPERATION_EXPIRY_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_OPERATION_EXPIRY_CHECK_INTERVAL", 30.0, minimum=0.2)
 TELEMETRY_RETENTION = timedelta(hours=_env(envconf.env_int, "MORPHEUS_TELEMETRY_RETENTION_HOURS", 24, minimum=1))

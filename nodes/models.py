@@ -296,6 +296,16 @@ class Operation(models.Model):
     def get_absolute_url(self):
         return reverse("operation_detail", args=[self.pk])
 
+    def run_limit(self):
+        """(seconds, the setting that sets it) this operation may run once picked up; None for downloads."""
+        if self.kind == self.DOWNLOAD_MODEL:
+            return None
+        if self.kind in (self.LAUNCH, self.STOP, self.RESTART):
+            return settings.RUN_TIMEOUTS["launch"], "MORPHEUS_LAUNCH_TIMEOUT"
+        if self.kind == self.BUILD_LLAMA:
+            return settings.RUN_TIMEOUTS["build"], "MORPHEUS_BUILD_TIMEOUT"
+        return settings.RUN_TIMEOUTS["other"], "MORPHEUS_RUN_TIMEOUT"
+
     @property
     def is_terminal(self):
         return self.status in self.TERMINAL

@@ -1,6 +1,7 @@
 """Panel-side tasks (queue `panel`): agent reports and periodic upkeep. Only these write rig rows."""
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task, signals
 from django.conf import settings
@@ -32,15 +33,27 @@ def check_node_status():
 
 @shared_task(name="panel.expire_operations")
 def expire_operations():
-    """A queued operation whose message expired unread (rig offline) would wait forever: fail it."""
+    """End operations that would otherwise wait forever, saying which limit they hit: one no rig picked up within
+    the pickup timeout (its message expired unread: rig offline), and one picked up that did not end within its
+    kind's run limit (Operation.run_limit). One row at a time through the one exit, so mirrors are freed too."""
     now = timezone.now()
-    cutoff = now - timezone.timedelta(seconds=settings.OPERATION_PICKUP_TIMEOUT)
-    # One row at a time through the one exit, so a Build mirroring its operation is freed too.
-    expired = Operation.objects.filter(status=Operation.QUEUED, created__lt=cutoff)
-    return sum(operation.apply_report(Operation.FAILED, PICKUP_EXPIRED, now=now) for operation in expired)
+    pickup = settings.OPERATION_PICKUP_TIMEOUT
+    ended = 0
+    for operation in Operation.objects.filter(status=Operation.QUEUED, created__lt=now - timedelta(seconds=pickup)):
+        ended += operation.apply_report(Operation.FAILED, PICKUP_EXPIRED.format(seconds=pickup), now=now)
+    shortest = min(settings.RUN_TIMEOUTS.values())
+    running = Operation.objects.filter(status=Operation.RUNNING, started__lt=now - timedelta(seconds=shortest))
+    for operation in running.exclude(kind=Operation.DOWNLOAD_MODEL):
+        seconds, setting = operation.run_limit()
+        if operation.started < now - timedelta(seconds=seconds):
+            ended += operation.apply_report(Operation.FAILED, RUN_EXPIRED.format(
+                seconds=seconds, kind=operation.get_kind_display(), setting=setting), now=now)
+    return ended
 
 
-PICKUP_EXPIRED = "the rig's agent did not pick this up in time (is the rig online?)"
+PICKUP_EXPIRED = "the rig's agent did not pick this up within {seconds} s (the pickup timeout; is the rig online?)"
+RUN_EXPIRED = ("no outcome from the rig within {seconds} s of it starting (the run limit for a {kind}, "
+               "{setting})")
 
 
 @shared_task(name="panel.prune_history")

@@ -44,7 +44,7 @@ def ran(sent):
 
 def test_it_runs_a_command_signed_for_this_rig(agent):
     sent = run(agent, protocol.AGENT_PING, ping())
-    assert ran(sent)[0]["status"] == "succeeded" and ran(sent)[0]["operation"] == 7
+    assert ran(sent)[-1]["status"] == "succeeded" and ran(sent)[-1]["operation"] == 7
     assert not rejected(sent)
 
 
@@ -163,3 +163,9 @@ def test_it_deletes_a_build_folder_only_when_no_running_server_uses_it(agent, mo
     assert (done["status"], done["result"]) == (outcome, {"build_id": deleted})
     assert (builds / str(deleted)).exists() == (outcome == "failed")
     assert (builds / "12").exists()
+
+
+def test_it_reports_running_the_moment_it_takes_a_command(agent):
+    sent = run(agent, protocol.AGENT_PING, ping())
+    assert [(p["status"], p["message"]) for p in ran(sent)] == [("running", "picked up by the rig"),
+                                                               ("succeeded", "agent answered")]

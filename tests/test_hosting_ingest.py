@@ -117,7 +117,7 @@ def _interrupt(build):
 
 @pytest.mark.parametrize("end, status, words", [
     (_cancel, Build.CANCELLED, "cancelled before the rig started it"),
-    (_expire, Build.FAILED, "did not pick this up in time"),
+    (_expire, Build.FAILED, "did not pick this up within"),
     (_interrupt, Build.FAILED, "interrupted: the rig's agent restarted"),
 ])
 def test_a_build_ended_by_cancel_expiry_or_interruption_frees_the_rig_for_the_next(alpha, end, status, words):

@@ -79,3 +79,27 @@ def test_it_fails_operations_no_agent_picked_up_in_time(gpu):
     assert Operation.objects.get(pk=running.pk).status == Operation.RUNNING
     assert Operation.objects.get(pk=done.pk).message == "agent answered"
     assert expire_operations() == 0
+
+
+def test_it_ends_operations_that_outrun_their_kinds_run_limit_and_says_which(gpu, settings):
+    settings.RUN_TIMEOUTS = {"launch": 1800, "build": 3 * 3600, "other": 600}
+    node, now = gpu.node, timezone.now()
+
+    def running(kind, seconds):
+        return Operation.objects.create(node=node, kind=kind, status=Operation.RUNNING,
+                                        created=now - timedelta(seconds=seconds), started=now - timedelta(seconds=seconds))
+
+    slow_load = running(Operation.LAUNCH, 1700)  # a big model still loading: within the launch limit
+    stuck_launch = running(Operation.LAUNCH, 1900)
+    stuck_ping = running(Operation.PING, 700)
+    long_build = running(Operation.BUILD_LLAMA, 2 * 3600)
+    long_download = running(Operation.DOWNLOAD_MODEL, 48 * 3600)  # downloads resume and report progress: no limit
+
+    assert expire_operations() == 2
+    for row, status in ((slow_load, "running"), (long_build, "running"), (long_download, "running"),
+                        (stuck_launch, "failed"), (stuck_ping, "failed")):
+        assert Operation.objects.get(pk=row.pk).status == status
+    assert Operation.objects.get(pk=stuck_launch.pk).message == (
+        "no outcome from the rig within 1800 s of it starting (the run limit for a launch server, "
+        "MORPHEUS_LAUNCH_TIMEOUT)")
+    assert "within 600 s" in Operation.objects.get(pk=stuck_ping.pk).message

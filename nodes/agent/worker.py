@@ -65,9 +65,12 @@ class Agent:
                 data = self.open_command(name, envelope, mac, args, extra)
                 if data is None:
                     return None
-                if takes_operation:
-                    return fn(data["operation"], **data["args"])
-                return fn(**data["args"])
+                if not takes_operation:
+                    return fn(**data["args"])
+                if name != protocol.AGENT_CANCEL:  # a cancel's operation is the one it stops, not its own
+                    # Picked up: from now on the operation's run limit counts, not the pickup timeout.
+                    self.operation(data["operation"], protocol.RUNNING, "picked up by the rig")
+                return fn(data["operation"], **data["args"])
 
             run.__name__ = fn.__name__
             self.app.task(name=name, shared=False, **task_options)(run)
