@@ -3,11 +3,13 @@
 Plain Python (no Django) so the rules are readable in one place and testable alone.
 """
 
+import json
 import math
 
 from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
 
 TiB = 1024**4
+MAX_RESULT_BYTES = 16 * 1024
 
 
 class ReportError(ValueError):
@@ -155,6 +157,9 @@ def clean_operation(payload):
     result = payload.get("result") or {}
     if not isinstance(result, dict):
         raise ReportError("result must be an object")
+    size = len(json.dumps(result))
+    if size > MAX_RESULT_BYTES:  # a result is a few facts (version, seconds, counts), stored on every row
+        raise ReportError(f"result is {size} bytes, more than {MAX_RESULT_BYTES}")
     progress = payload.get("progress")
     if progress is not None:
         if not isinstance(progress, dict):
