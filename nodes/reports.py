@@ -9,7 +9,7 @@ import math
 from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
 
 TiB = 1024**4
-MAX_RESULT_BYTES = 16 * 1024
+MAX_RESULT_BYTES = 128 * 1024  # room for a 64-shard model's removed paths
 
 
 class ReportError(ValueError):

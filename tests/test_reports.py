@@ -170,7 +170,7 @@ def test_it_accepts_an_operation_outcome():
         ({"operation": 0, "status": "succeeded"}, "operation=0 is outside"),
         ({"operation": 7, "status": "failed", "result": ["x"]}, "result must be an object"),
         ({"operation": 7, "status": "succeeded", "result": {"blob": "x" * 5_000_000}},
-         "result is 5000012 bytes, more than 16384"),
+         "result is 5000012 bytes, more than 131072"),
     ],
 )
 def test_it_rejects_a_malformed_operation_outcome(payload, reason):
