@@ -4,7 +4,7 @@ from datetime import datetime, timezone as dt_timezone
 
 from django.utils import timezone
 
-from hosting.models import Build, Deployment
+from hosting.models import Build, Deployment, ServerExit
 from nodes.models import Operation
 
 BUILD_STATUS = {
@@ -58,3 +58,15 @@ def apply_deployment(rig, report, now=None):
         log_tail=report["log"],
         reported_at=now,
     )
+
+
+def apply_server_exit(rig, report, now=None):
+    """One unplanned exit of a rig's own server, kept as history (a report about another rig's is ignored)."""
+    deployment = Deployment.objects.filter(pk=report["deployment"], node=rig).first()
+    if deployment is None:
+        return
+    at = datetime.fromtimestamp(report["at"], tz=dt_timezone.utc)
+    now = now or timezone.now()
+    ServerExit.objects.create(deployment=deployment, at=min(at, now), exit_code=report["exit_code"],
+                              signal=report["signal"], uptime=report["uptime"], restart_in=report["restart_in"],
+                              log_tail=report["log"])

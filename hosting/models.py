@@ -1,10 +1,12 @@
+import signal as signal_module
+
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
 from morpheus_admin.sealing import SealedTextField
-from nodes.agent import builder, protocol, serverspec
+from nodes.agent import builder, protocol, serverspec, supervisor
 
 
 class Build(models.Model):
@@ -142,3 +144,40 @@ class Deployment(models.Model):
             return f"not launchable: {exc}"
         args = serverspec.launch_args(spec, "<api-key-file>" if spec.api_key else None)
         return " ".join(args)
+
+
+class ServerExit(models.Model):
+    """A llama-server that died by itself (not stopped by the panel): what the rig saw, kept as history."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="exits")
+    at = models.DateTimeField(db_index=True)
+    exit_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    signal = models.PositiveSmallIntegerField(null=True, blank=True)
+    uptime = models.FloatField(null=True, blank=True)  # seconds it had run
+    restart_in = models.FloatField(null=True, blank=True)  # None: the rig gave up restarting it
+    log_tail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{self.deployment_id} {self.summary}"
+
+    @property
+    def how(self):
+        if self.signal is not None:
+            try:
+                return signal_module.Signals(self.signal).name
+            except ValueError:
+                return f"signal {self.signal}"
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return "exit status unknown"
+
+    @property
+    def summary(self):
+        """"crashed (SIGKILL) after 3 h 12 min; restarted 1 s later" (or "; not restarted: it kept crashing")."""
+        after = f" after {supervisor.duration_text(self.uptime)}" if self.uptime is not None else ""
+        if self.restart_in is None:
+            return f"crashed ({self.how}){after}; not restarted: it kept crashing"
+        return f"crashed ({self.how}){after}; restarted {supervisor.duration_text(self.restart_in)} later"

@@ -1,7 +1,11 @@
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
@@ -94,7 +98,9 @@ def build_delete(request, pk):
 
 @login_required
 def deployment_list(request):
-    deployments = Deployment.objects.select_related("node", "build", "model_file")
+    hour_ago = timezone.now() - timedelta(hours=1)
+    deployments = Deployment.objects.select_related("node", "build", "model_file").annotate(
+        recent_exits=Count("exits", filter=Q(exits__at__gte=hour_ago)))
     node = request.GET.get("node", "")
     if node:
         deployments = deployments.filter(node__name=node)
@@ -133,7 +139,7 @@ def deployment_detail(request, pk):
     deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
     operations = deployment.node.operations.filter(target=deployment.name,
                                                    kind__in=["launch", "stop", "restart"])[:10]
-    context = {"deployment": deployment, "operations": operations}
+    context = {"deployment": deployment, "operations": operations, "exits": deployment.exits.all()[:10]}
     if request.htmx:
         return render(request, "hosting/deployment_detail.html#live", context)
     return render(request, "hosting/deployment_detail.html", context)

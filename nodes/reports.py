@@ -247,6 +247,23 @@ def clean_deployment(payload):
     }
 
 
+def clean_server_exit(payload):
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    log_tail = payload.get("log") or ""
+    if not isinstance(log_tail, str):
+        raise ReportError("log must be text")
+    return {
+        "deployment": _number(payload, "deployment", 1, 2**63 - 1, integer=True),
+        "at": _number(payload, "at", 0, 10**11),
+        "uptime": _number(payload, "uptime", 0, 10**9, required=False),
+        "restart_in": _number(payload, "restart_in", 0, 10**6, required=False),
+        "exit_code": _number(payload, "exit_code", 0, 255, integer=True, required=False),
+        "signal": _number(payload, "signal", 1, 64, integer=True, required=False),
+        "log": log_tail[-4000:].replace("\x00", ""),
+    }
+
+
 def clean_rejected_command(payload):
     if not isinstance(payload, dict):
         raise ReportError("payload must be an object")
@@ -255,6 +272,7 @@ def clean_rejected_command(payload):
 
 CLEANERS = {
     "rejected_command": clean_rejected_command,
+    "server_exit": clean_server_exit,
     "deployment": clean_deployment,
     "hardware": clean_hardware,
     "telemetry": clean_telemetry,

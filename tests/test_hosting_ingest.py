@@ -252,3 +252,26 @@ def test_it_counts_a_deployment_report_as_a_sign_of_life(alpha, deployment):
     handle_report("alpha", token, "deployment", server_report(deployment))
     node.refresh_from_db()
     assert node.last_seen is not None and timezone.now() - node.last_seen < timezone.timedelta(seconds=5)
+
+
+def test_it_keeps_each_unplanned_exit_of_a_rigs_own_server(alpha, deployment):
+    from hosting.models import ServerExit
+
+    node, token = alpha
+    crashed_at = time.time() - 30
+    event = {"deployment": deployment.pk, "at": crashed_at, "uptime": 3 * 3600 + 12 * 60 + 5, "restart_in": 1.0,
+             "exit_code": None, "signal": 9, "log": "srv  update_slots: all slots are idle\x00"}
+    assert handle_report("alpha", token, "server_exit", event) is None
+    row = ServerExit.objects.get()
+    assert (row.deployment, row.signal, row.how) == (deployment, 9, "SIGKILL")
+    assert row.summary == "crashed (SIGKILL) after 3 h 12 min; restarted 1 s later"
+    assert abs(row.at.timestamp() - crashed_at) < 1 and "\x00" not in row.log_tail
+    assert handle_report("alpha", token, "server_exit", {**event, "signal": None, "exit_code": 1,
+                                                          "restart_in": None}) is None
+    assert ServerExit.objects.first().summary.endswith("exit code 1) after 3 h 12 min; not restarted: it kept crashing")
+
+    # Another rig cannot write into this rig's history.
+    _beta, beta_token = make_node("beta")
+    assert handle_report("beta", beta_token, "server_exit", event) is None
+    assert ServerExit.objects.count() == 2
+    assert "signal=99 is outside" in handle_report("alpha", token, "server_exit", {**event, "signal": 99})

@@ -1,5 +1,6 @@
 """Building llama.cpp and hosting a model with a real llama-server, through a real agent."""
 
+import html
 import json
 import os
 import signal
@@ -143,6 +144,11 @@ def test_it_hosts_a_model_that_answers_and_comes_back_after_a_crash(hosted, oper
                timeout=60, message="restarted and healthy")
     assert _state(deployment).restarts >= 1
     assert _health(port) == 200
+    # The kill is in the crash history, with its signal, on the page and in the list.
+    exit_row = wait_until(lambda: deployment.exits.first(), timeout=30, message="the exit recorded")
+    assert (exit_row.signal, exit_row.exit_code, exit_row.how) == (9, None, "SIGKILL")
+    assert exit_row.summary.startswith("crashed (SIGKILL) after ") and exit_row.summary.endswith("s later")
+    assert exit_row.summary in html.unescape(operator_client.get(f"/deployments/{deployment.pk}/").content.decode())
 
 
 def test_it_keeps_serving_while_the_agent_restarts_and_re_adopts_the_server(hosted, rigs):

@@ -51,10 +51,10 @@ class Supervisors:
 
     def __init__(self, state_dir, binary):
         self.state_dir, self.binary = state_dir, binary
-        self.made, self.reports, self.pids = [], [], set()
+        self.made, self.reports, self.pids, self.exits = [], [], set(), []
 
     def new(self, loop=False, interval=0.1):
-        supervisor = Supervisor(self.state_dir, on_report=self._record, interval=interval)
+        supervisor = Supervisor(self.state_dir, on_report=self._record, interval=interval, on_exit=self.exits.append)
         self.made.append(supervisor)
         if loop:
             supervisor.start()
@@ -167,8 +167,13 @@ def test_it_restarts_a_killed_server_after_a_backoff(supervisors, spec, fast_bac
     assert server.restarts == 1
     assert sup.BACKOFF in supervisors.states()
     crash = [r for r in supervisors.reports if r["state"] == sup.BACKOFF][0]
-    assert "crashed (exit code -9)" in crash["message"]
+    assert "crashed (SIGKILL) after " in crash["message"]
     assert health(data["port"]) == 200
+    # The exit is kept as an event for the panel's crash history: the signal, how long it ran, its last lines.
+    [event] = supervisors.exits
+    assert (event["deployment"], event["signal"], event["exit_code"]) == (1, 9, None)
+    assert event["uptime"] > 0 and event["restart_in"] == pytest.approx(sup.BACKOFF_BASE)
+    assert "listening on" in event["log"]
 
 
 def test_it_gives_up_on_a_server_that_keeps_crashing_and_shows_its_last_log_lines(supervisors, spec, fast_backoff,
@@ -180,6 +185,8 @@ def test_it_gives_up_on_a_server_that_keeps_crashing_and_shows_its_last_log_line
     server = supervisor.servers[1]
     wait_until(lambda: server.state == sup.FAILED, timeout=60, message=f"failed ({server.message})")
     assert server.message.startswith(f"crashed {sup.MAX_CRASHES} times in 10 min (exit code 1); not restarting")
+    assert [e["exit_code"] for e in supervisors.exits] == [1] * sup.MAX_CRASHES
+    assert supervisors.exits[-1]["restart_in"] is None  # it gave up
     assert "Last log lines:" in server.message
     assert "exiting due to model loading error" in server.message.split("Last log lines:")[1]  # llama.cpp's words
     assert server.restarts == sup.MAX_CRASHES - 1

@@ -563,3 +563,18 @@ def test_it_says_a_healthy_server_is_serving_only_while_its_rig_is_online(viewer
     alpha.save(update_fields=["last_seen"])
     content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
     assert "rig offline: last reported state" in content and "serving" not in content
+
+
+def test_it_shows_the_crash_history_and_crashes_in_the_last_hour(viewer_client, deployment):
+    from hosting.models import ServerExit
+
+    now = timezone.now()
+    ServerExit.objects.create(deployment=deployment, at=now - timezone.timedelta(minutes=5), signal=9,
+                              uptime=11520, restart_in=1, log_tail="ggml_abort")
+    ServerExit.objects.create(deployment=deployment, at=now - timezone.timedelta(hours=3), exit_code=1, uptime=4,
+                              restart_in=2)
+    content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
+    assert "crashed (SIGKILL) after 3 h 12 min; restarted 1 s later" in content and "ggml_abort" in content
+    assert "crashed (exit code 1) after 4 s; restarted 2 s later" in content
+    listing = page(viewer_client.get("/deployments/"))
+    assert '<td class="mismatch">1</td>' in listing  # one crash in the last hour, not two

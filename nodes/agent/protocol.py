@@ -51,6 +51,7 @@ OPERATION = "operation"
 MODEL_FILES = "model_files"
 DEPLOYMENT = "deployment"
 REJECTED_COMMAND = "rejected_command"
+SERVER_EXIT = "server_exit"  # a llama-server died by itself: exit code or signal, uptime, last log lines
 
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

@@ -165,11 +165,41 @@ class Server:
         }
 
 
+def describe_exit(code):
+    """Popen's return code in words: "exit code 1", "SIGKILL"; None when the agent did not start it (re-adopted)."""
+    if code is None:
+        return "exit status unknown: started before the agent's last restart"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def duration_text(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"
+
+
+def exit_event(server, now, uptime, restart_in, last_lines):
+    """What the panel keeps of one unplanned exit (protocol.SERVER_EXIT)."""
+    code = server.last_exit
+    return {"deployment": server.spec.deployment_id, "at": now, "uptime": uptime, "restart_in": restart_in,
+            "exit_code": code if code is not None and code >= 0 else None,
+            "signal": -code if code is not None and code < 0 else None, "log": last_lines}
+
+
 class Supervisor:
-    def __init__(self, state_dir, on_report=None, interval=1.0):
+    def __init__(self, state_dir, on_report=None, interval=1.0, on_exit=None):
         self.dir = Path(state_dir) / "servers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.on_report = on_report
+        self.on_exit = on_exit  # called with an exit event (exit_event()) each time a server dies by itself
         self.interval = interval
         self.servers = {}
         self.lock = threading.RLock()
@@ -286,20 +316,24 @@ class Supervisor:
         self._launch(server)
 
     def _crashed(self, server, now):
-        exit_text = f"exit code {server.last_exit}" if server.last_exit is not None else "the process is gone"
+        exit_text = describe_exit(server.last_exit)
+        uptime = now - server.started_at if server.started_at else None
         server.crashes.append(now)
         server.pid, server.popen = None, None
         recent = [t for t in server.crashes if now - t <= CRASH_WINDOW]
         last_lines = tail(server.log_path, 15)
+        after = f" after {duration_text(uptime)}" if uptime is not None else ""
         if len(recent) >= MAX_CRASHES:
-            server.state = FAILED
+            server.state, delay = FAILED, None
             server.message = (f"crashed {len(recent)} times in {CRASH_WINDOW // 60} min ({exit_text}); not restarting "
                               f"until its settings change or it is started again. Last log lines:\n{last_lines}")
-            return
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (len(recent) - 1))
-        server.state = BACKOFF
-        server.next_start = now + delay
-        server.message = f"crashed ({exit_text}); restart {len(recent)} in {delay:.0f} s"
+        else:
+            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (len(recent) - 1))
+            server.state = BACKOFF
+            server.next_start = now + delay
+            server.message = f"crashed ({exit_text}){after}; restart {len(recent)} in {delay:.0f} s"
+        if self.on_exit is not None:
+            self.on_exit(exit_event(server, now, uptime, delay, last_lines))
 
     def _launch(self, server):
         spec = server.spec

@@ -28,7 +28,8 @@ def register(agent):
                     agent.operation(operation_id, "failed", report["message"])
         agent.send(protocol.DEPLOYMENT, report)
 
-    supervisor = agent.supervisor = Supervisor(agent.cfg.state_dir, on_report=deployment_report)
+    supervisor = agent.supervisor = Supervisor(agent.cfg.state_dir, on_report=deployment_report,
+                                               on_exit=lambda event: agent.send(protocol.SERVER_EXIT, event))
     agent.on_first_connect.append(supervisor.start)  # re-adopts servers that kept running while the agent was down
 
     @agent.command(protocol.AGENT_APPLY_DEPLOYMENT)
