@@ -4,6 +4,8 @@ It seals the secret fields (protocol.SECRET_FIELDS) for that rig, signs the enve
 the message on the rig's queue with nothing readable in Celery's own headers (`argsrepr`, `kwargsrepr`).
 """
 
+from datetime import datetime, timedelta, timezone
+
 from django.conf import settings
 
 from morpheus_admin.celery import app
@@ -34,12 +36,15 @@ def signed_command(node, task, args=None, operation=None, ttl=None):
         raise NoRigKey(node.name)
     ttl = settings.OPERATION_PICKUP_TIMEOUT if ttl is None else ttl
     return envelope.sign_command(keys, task=task, rig=node.name, args=seal_secrets(keys, args or {}),
-                                 operation=operation, ttl=ttl)
+                                 operation=operation, ttl=ttl, rig_clock_offset=node.clock_offset)
 
 
 def send_command(node, task, args=None, operation=None, ttl=None):
     """Sign and send; the broker drops the message after `ttl` seconds (default: the pickup timeout)."""
     ttl = settings.OPERATION_PICKUP_TIMEOUT if ttl is None else ttl
     kwargs = signed_command(node, task, args, operation, ttl)
-    app.send_task(task, kwargs=kwargs, queue=node.queue, expires=ttl, argsrepr="()",
+    # Celery checks `expires` on the rig's clock: a rig minutes fast would drop every message, so its lead is added
+    # (the envelope's own expiry, judged on the panel's clock, stays exact).
+    expires = datetime.now(timezone.utc) + timedelta(seconds=ttl + max(0.0, node.clock_offset or 0.0))
+    app.send_task(task, kwargs=kwargs, queue=node.queue, expires=expires, argsrepr="()",
                   kwargsrepr=f"<signed for rig {node.name}>")

@@ -36,6 +36,9 @@ def handle_report(rig=None, body=None, mac=None, now=None):
             clean = CLEANERS[kind](report["payload"])
         except ReportError as exc:
             raise Rejected(f"malformed {kind} report: {exc}") from None
+        if kind == "telemetry":
+            # The reading's age by the rig's own clock, on the panel's: right however far the rig's clock is off.
+            clean["at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["at"])
     except Rejected as exc:
         log.warning("report from rig %r rejected: %s", rig if isinstance(rig, str) else None, exc)
         return str(exc)

@@ -14,6 +14,7 @@ from nodes.agent.protocol import NODE_NAME_RE, node_queue
 
 STALE_AFTER_INTERVALS = 2
 OFFLINE_AFTER_INTERVALS = 5
+CLOCK_WARNING = 2.0  # seconds of clock difference the rig page warns about
 
 # Called with an Operation after its status or progress changed; apps add theirs in AppConfig.ready().
 OPERATION_LISTENERS = []
@@ -115,6 +116,11 @@ class Node(models.Model):
         if self.token_rejected_at is None:
             return False
         return self.last_seen is None or self.token_rejected_at > self.last_seen
+
+    @property
+    def clock_off(self):
+        """The rig's clock is more than CLOCK_WARNING seconds from the panel's (as its last report showed)."""
+        return self.clock_offset is not None and abs(self.clock_offset) > CLOCK_WARNING
 
     def login_refused(self, account, now=None):
         """The broker refused a login as this rig since its agent was last heard (`account` from

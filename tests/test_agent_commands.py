@@ -169,3 +169,23 @@ def test_it_reports_running_the_moment_it_takes_a_command(agent):
     sent = run(agent, protocol.AGENT_PING, ping())
     assert [(p["status"], p["message"]) for p in ran(sent)] == [("running", "picked up by the rig"),
                                                                ("succeeded", "agent answered")]
+
+
+@pytest.mark.parametrize("skew", [-300, -30, 30, 300])
+def test_a_rig_whose_clock_is_off_still_runs_commands_the_panel_signed_for_it(tmp_path, skew):
+    config = AgentConfig(broker_url="redis://127.0.0.1:9/0", node="alpha", token=TOKEN, data_dir=tmp_path,
+                         clock_skew=skew)
+    agent = create_app(config).agent
+    sent = []
+    agent.send = lambda kind, payload, expires=None: sent.append((kind, payload))
+    # Without the offset the panel measured, a rig minutes off judges expiry wrongly...
+    agent.app.tasks[protocol.AGENT_PING].run(**ping(ttl=120))
+    assert bool(rejected(sent)) == (abs(skew) > 30)
+    # ...with it (signed into the envelope), it runs, and a replay is still refused.
+    sent.clear()
+    message = envelope.sign_command(envelope.derive_keys(TOKEN), task=protocol.AGENT_PING, rig="alpha", args={},
+                                    operation=7, ttl=120, rig_clock_offset=skew)
+    agent.app.tasks[protocol.AGENT_PING].run(**message)
+    assert ran(sent)[-1]["status"] == "succeeded" and not rejected(sent)
+    agent.app.tasks[protocol.AGENT_PING].run(**message)
+    assert "already received" in rejected(sent)[0]

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis
+from django.utils import timezone
 
 from morpheus_admin.celery import app as celery_app
 from nodes import channel
@@ -137,3 +138,22 @@ def test_removing_a_rig_leaves_no_key_or_account_of_it_in_redis(rigs, operator_c
     assert admin.acl_getuser("rig-beta") is None
     assert [key for key in admin.scan_iter() if b"node.beta" in key] == []
     agent.stop()
+
+
+@pytest.mark.parametrize("skew", [-300, 300])
+def test_a_rig_five_minutes_off_reports_runs_operations_and_is_warned_about(rigs, operator_client, skew):
+    beta, token = make_node("beta")
+    rigs.start("beta", token, extra_env={"MORPHEUS_AGENT_CLOCK_SKEW": str(skew)})
+    wait_until(lambda: rig("beta").clock_offset is not None and rig("beta").gpus.count() == 0
+               and rig("beta").host_reading, timeout=30, message="beta's reports")
+    assert abs(rig("beta").clock_offset - skew) < 5
+    # Its telemetry lands at the panel's time, not five minutes away.
+    from datetime import datetime
+
+    reading_at = datetime.fromisoformat(rig("beta").host_reading["at"])
+    assert abs((reading_at - timezone.now()).total_seconds()) < 30
+    ping = start_operation(rig("beta"), Operation.PING)
+    wait_until(lambda: Operation.objects.get(pk=ping.pk).is_terminal, timeout=30, message="the ping to end")
+    assert Operation.objects.get(pk=ping.pk).status == Operation.SUCCEEDED
+    page = operator_client.get("/rigs/beta/").content.decode()
+    assert "set up NTP on the rig" in page

@@ -27,6 +27,8 @@ class AgentConfig:
     extra_model_dirs: tuple = ()
     # How far this rig's clock may differ from the panel's before a command counts as expired or from the future.
     clock_tolerance: float = 30.0
+    # Tests and drills only: play a rig whose clock is this many seconds off (MORPHEUS_AGENT_CLOCK_SKEW).
+    clock_skew: float = 0.0
 
     @property
     def models_dir(self):
@@ -59,6 +61,8 @@ class AgentConfig:
             raise AgentConfigError(f"rig name {self.node!r} is not a valid slug (a-z, 0-9, '-')")
         if not self.token or len(self.token) < 16 or not self.token.isascii() or not self.token.isprintable():
             raise AgentConfigError("rig token is missing or malformed (copy it from the panel's enrolment page)")
+        if not -86400 <= self.clock_skew <= 86400:
+            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_SKEW must be within a day")
         if not 0 <= self.clock_tolerance <= 3600:
             raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE must be between 0 and 3600 seconds")
         if not 0.2 <= self.telemetry_interval <= 3600:
@@ -78,8 +82,9 @@ class AgentConfig:
             raise AgentConfigError("MORPHEUS_MAX_DOWNLOADS and MORPHEUS_DOWNLOAD_DISK_MARGIN_MB must be integers") from None
         try:
             tolerance = float(env.get("MORPHEUS_AGENT_CLOCK_TOLERANCE", "30"))
+            skew = float(env.get("MORPHEUS_AGENT_CLOCK_SKEW", "0"))
         except ValueError:
-            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE must be a number of seconds") from None
+            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE and _SKEW must be numbers of seconds") from None
         extra = tuple(Path(p) for p in env.get("MORPHEUS_AGENT_MODEL_DIRS", "").split(":") if p.strip())
         data_dir = Path(env.get("MORPHEUS_AGENT_DATA_DIR", Path.home() / ".morpheus-agent"))
         return cls(
@@ -93,6 +98,7 @@ class AgentConfig:
             data_dir=data_dir,
             telemetry_interval=interval,
             clock_tolerance=tolerance,
+            clock_skew=skew,
         )
 
 

@@ -115,12 +115,16 @@ def unseal(keys, value):
 
 
 # --- commands: panel → rig ---------------------------------------------------------------------------
-def sign_command(keys, *, task, rig, args, operation=None, ttl, now=None):
-    """The kwargs of the Celery message that carries one command: a JSON envelope and its MAC."""
+def sign_command(keys, *, task, rig, args, operation=None, ttl, now=None, rig_clock_offset=None):
+    """The kwargs of the Celery message that carries one command: a JSON envelope and its MAC.
+
+    Times are the panel's; `rig_clock_offset` (the rig's clock minus the panel's, as its reports show) travels
+    signed with them, so a rig whose clock is minutes off still judges expiry on the panel's clock."""
     now = time.time() if now is None else now
     body = _dumps({
         "v": VERSION, "task": task, "rig": rig, "operation": operation, "args": args,
         "issued_at": round(now, 3), "expires": round(now + ttl, 3), "nonce": secrets.token_hex(16),
+        "rig_clock_offset": None if rig_clock_offset is None else round(rig_clock_offset, 3),
     })
     return {"envelope": body, "mac": _mac(keys.mac_key, _COMMAND, body.encode())}
 
@@ -141,7 +145,12 @@ def open_command(keys, *, rig, task, envelope, mac, now=None, tolerance=30.0):
     issued, expires = data.get("issued_at"), data.get("expires")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (issued, expires)):
         raise EnvelopeRejected("envelope has no valid issue or expiry time")
-    now = time.time() if now is None else now
+    offset = data.get("rig_clock_offset")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
+                               or not math.isfinite(offset)):
+        raise EnvelopeRejected("envelope has no valid clock offset")
+    # This rig's clock brought to the panel's, as the panel last measured the difference.
+    now = (time.time() if now is None else now) - (offset or 0)
     if now > expires + tolerance:
         raise EnvelopeRejected(f"expired {now - expires:.0f} s ago")
     if issued > now + tolerance:

@@ -132,8 +132,9 @@ def _shutdown(nvml):
 class TelemetrySampler:
     """Keeps NVML open between samples (init costs milliseconds); re-opens it after an error."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, clock=time.time):
         self.data_dir = str(data_dir)
+        self.clock = clock  # the rig's clock (tests shift it to play a rig whose clock is off)
         self._nvml = None
         self._note = None
         self._handles = []
@@ -157,7 +158,7 @@ class TelemetrySampler:
         _total, disk_free = _disk(self.data_dir)
         vm = psutil.virtual_memory()
         reading = {
-            "at": time.time(),
+            "at": self.clock(),
             "host": {
                 "cpu_percent": psutil.cpu_percent(interval=None),
                 "ram_used": vm.total - vm.available,

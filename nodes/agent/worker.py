@@ -10,6 +10,7 @@ snapshot a sampler thread keeps fresh (NVML never blocks the loop).
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from celery import Celery, bootsteps
@@ -43,7 +44,7 @@ class Agent:
         self.nonces = envelope.NonceBook(config.state_dir / "nonces.json", tolerance=config.clock_tolerance)
         self.sequence = envelope.Sequence(config.state_dir / "report-seq")
         self.report_queue = transport.report_queue()
-        self.sampler = TelemetrySampler(config.data_dir)
+        self.sampler = TelemetrySampler(config.data_dir, clock=self.clock)
         self._snapshot = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -54,6 +55,11 @@ class Agent:
         self._active_lock = threading.Lock()
         self.on_first_connect = []  # callables run once the broker is first reachable (resume work, adopt servers)
         self.in_flight = []  # callables returning ids of operations still running after a restart
+
+    def clock(self):
+        """This rig's clock (shifted by MORPHEUS_AGENT_CLOCK_SKEW in tests): reports carry it, commands are judged by
+        it corrected with the offset the panel measured."""
+        return time.time() + self.cfg.clock_skew
 
     # --- commands in -----------------------------------------------------------------------------
     def command(self, name, **task_options):
@@ -84,14 +90,16 @@ class Agent:
             if args or extra:
                 raise envelope.EnvelopeRejected("unsigned command (arguments outside a signed envelope)")
             data = envelope.open_command(self.keys, rig=self.cfg.node, task=name, envelope=body, mac=mac,
-                                         tolerance=self.cfg.clock_tolerance)
+                                         now=self.clock(), tolerance=self.cfg.clock_tolerance)
             takes_operation, required, optional = protocol.COMMANDS[name]
             given = set(data["args"])
             if not set(required) <= given or not given <= set(required) | set(optional):
                 raise envelope.EnvelopeRejected(f"arguments {sorted(given)} do not match {name}")
             if takes_operation and data["operation"] is None:
                 raise envelope.EnvelopeRejected(f"{name} needs an operation id")
-            if not self.nonces.accept(data["nonce"], data["expires"]):
+            # Kept until it expires on the panel's clock, the one its expiry was judged by.
+            if not self.nonces.accept(data["nonce"], data["expires"],
+                                      now=self.clock() - (data.get("rig_clock_offset") or 0)):
                 raise envelope.EnvelopeRejected("already received (a replay, or redelivered after a restart)")
             data["args"] = envelope.unseal(self.keys, data["args"])
             return data
@@ -126,7 +134,7 @@ class Agent:
     # --- reports out -----------------------------------------------------------------------------
     def send(self, kind, payload, expires=None):
         signed = envelope.sign_report(self.keys, rig=self.cfg.node, kind=kind, payload=payload,
-                                      seq=self.sequence.next())
+                                      seq=self.sequence.next(), now=self.clock())
         self.app.send_task(protocol.REPORT_TASK, kwargs=signed, queue=self.report_queue, expires=expires,
                            argsrepr="()", kwargsrepr=f"<{kind} report>")
 
