@@ -36,9 +36,11 @@ def handle_report(rig=None, body=None, mac=None, now=None):
             clean = CLEANERS[kind](report["payload"])
         except ReportError as exc:
             raise Rejected(f"malformed {kind} report: {exc}") from None
+        # Times the rig stamped, moved onto the panel's clock by their age on the rig's own clock.
         if kind == "telemetry":
-            # The reading's age by the rig's own clock, on the panel's: right however far the rig's clock is off.
             clean["at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["at"])
+        elif kind == "hardware" and clean["agent_started_at"] is not None:
+            clean["agent_started_at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["agent_started_at"])
     except Rejected as exc:
         log.warning("report from rig %r rejected: %s", rig if isinstance(rig, str) else None, exc)
         return str(exc)
@@ -80,9 +82,9 @@ def authenticate(name, body, mac, now):
 
 def apply_hardware(rig, hw, now):
     gpus = hw.pop("gpus")
-    boot, in_flight = hw.pop("boot"), hw.pop("in_flight")
+    boot, in_flight, agent_started = hw.pop("boot"), hw.pop("in_flight"), hw.pop("agent_started_at")
     if boot:
-        mark_interrupted(rig, in_flight, now)
+        mark_interrupted(rig, in_flight, now, agent_started)
     rig.hardware = {**hw, "gpus": gpus}
     rig.hardware_at = now
     rig.telemetry_interval = hw["telemetry_interval"]
@@ -174,9 +176,12 @@ def _update_latest_readings(changed, at):
         cursor.executemany(sql, rows)
 
 
-def mark_interrupted(rig, in_flight, now):
-    """The agent started again: operations it was running and did not take back were lost with it."""
+def mark_interrupted(rig, in_flight, now, agent_started=None):
+    """The agent started again: operations it was running and did not take back were lost with it. Only those
+    already running before it started (`agent_started`, panel time): it may have picked up new ones since."""
     lost = Operation.objects.filter(node=rig, status=Operation.RUNNING).exclude(pk__in=in_flight)
+    if agent_started is not None:
+        lost = lost.filter(started__lt=datetime.fromtimestamp(agent_started, tz=dt_timezone.utc))
     count = sum(operation.apply_report(Operation.FAILED, INTERRUPTED, now=now) for operation in lost)
     if count:
         log.warning("rig %s restarted; %d running operation(s) marked interrupted", rig.name, count)

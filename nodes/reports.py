@@ -88,6 +88,7 @@ def clean_hardware(payload):
         "telemetry_interval": _number(payload, "telemetry_interval", 0.2, 3600),
         "gpus": [],
         "boot": payload.get("boot") is True,
+        "agent_started_at": _number(payload, "agent_started_at", 0, 10**11, required=False),
         "in_flight": [],
     }
     in_flight = payload.get("in_flight") or []

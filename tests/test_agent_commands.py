@@ -171,7 +171,7 @@ def test_it_reports_running_the_moment_it_takes_a_command(agent):
                                                                ("succeeded", "agent answered")]
 
 
-@pytest.mark.parametrize("skew", [-300, -30, 30, 300])
+@pytest.mark.parametrize("skew", [-300, -20, 20, 300])
 def test_a_rig_whose_clock_is_off_still_runs_commands_the_panel_signed_for_it(tmp_path, skew):
     config = AgentConfig(broker_url="redis://127.0.0.1:9/0", node="alpha", token=TOKEN, data_dir=tmp_path,
                          clock_skew=skew)

@@ -290,3 +290,23 @@ def test_it_never_moves_a_finished_operation_back(reporting_rig):
     handle_report("alpha", token, "operation", {"operation": operation.pk, "status": "succeeded"}, now=at(22))
     operation.refresh_from_db()
     assert (operation.status, operation.message, operation.finished) == ("failed", "no", at(20))
+
+
+def test_a_restarted_agent_interrupts_only_what_ran_before_it_started(reporting_rig):
+    """It may pick up a queued operation (and say "running") before its boot report is applied: that one goes on."""
+    node, token = reporting_rig
+    now = timezone.now()
+    before = Operation.objects.create(node=node, kind=Operation.BUILD_LLAMA)
+    before.apply_report(Operation.RUNNING, now=now - timedelta(minutes=5))
+    resumed = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL)
+    resumed.apply_report(Operation.RUNNING, now=now - timedelta(minutes=5))
+    since = Operation.objects.create(node=node, kind=Operation.PING)
+    since.apply_report(Operation.RUNNING, now=now - timedelta(seconds=1))
+    # The rig's clock is 2 minutes fast; it started 10 s ago by its own clock.
+    rig_now = now.timestamp() + 120
+    boot = {**hardware(), "boot": True, "in_flight": [resumed.pk], "agent_started_at": rig_now - 10}
+    assert ingest.handle_report(**signed_report("alpha", token, "hardware", boot, seq=9, sent_at=rig_now),
+                                now=now) is None
+    statuses = {op.pk: (op.status, op.message) for op in Operation.objects.all()}
+    assert statuses[before.pk][0] == "failed" and "interrupted" in statuses[before.pk][1]
+    assert statuses[resumed.pk][0] == statuses[since.pk][0] == "running"

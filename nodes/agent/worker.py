@@ -40,6 +40,7 @@ class Agent:
 
     def __init__(self, app, config):
         self.app, self.cfg = app, config
+        self.started_at = time.time() + config.clock_skew  # this agent's start, on the rig's clock
         self.keys = envelope.derive_keys(config.token)
         self.nonces = envelope.NonceBook(config.state_dir / "nonces.json", tolerance=config.clock_tolerance)
         self.sequence = envelope.Sequence(config.state_dir / "report-seq")
@@ -153,6 +154,7 @@ class Agent:
         if boot:
             # The panel fails running operations this agent did not take back after a restart.
             profile["boot"] = True
+            profile["agent_started_at"] = self.started_at  # what it picked up since is not lost
             profile["in_flight"] = [op for source in self.in_flight for op in source()]
         self.send(protocol.HARDWARE, profile, expires=3600)
         return profile
