@@ -361,8 +361,14 @@ def test_it_starts_the_server_without_the_agents_credentials_in_its_environment(
     server = supervisor.servers[1]
     try:
         assert server.pid and alive(server.pid)
-        environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
-                       if b"=" in item)
+
+        def environ_after_exec():
+            # Read mid-exec, /proc shows an empty environment: wait for the started program's own.
+            found = dict(item.split(b"=", 1) for item in
+                         Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+            return found if b"PATH" in found else None
+
+        environ = wait_until(environ_after_exec, timeout=10, message="the server's environment")
         assert not {name.encode() for name in secrets} & set(environ)
         assert not any(value.encode() in b"\0".join(environ.values()) for value in secrets.values())
         assert b"sk-test-key" not in b"\0".join(environ.values())
