@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from morpheus_admin.sealing import SealedTextField
-from nodes.agent import envelope, protocol
+from nodes.agent import envelope, protocol, supervisor
 from nodes.agent.protocol import NODE_NAME_RE, node_queue
 
 STALE_AFTER_INTERVALS = 2
@@ -334,14 +334,7 @@ class Operation(models.Model):
 
     @property
     def eta_text(self):
-        if self.progress_eta is None:
-            return ""
-        seconds = int(self.progress_eta)
-        if seconds >= 3600:
-            return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-        if seconds >= 60:
-            return f"{seconds // 60} min {seconds % 60} s"
-        return f"{seconds} s"
+        return "" if self.progress_eta is None else supervisor.duration_text(self.progress_eta)
 
     def apply_report(self, status, message="", result=None, now=None, progress=None, log_tail=None):
         """Move along queued → running → terminal; never backwards, never out of a terminal state.
