@@ -12,5 +12,7 @@ class HostingConfig(AppConfig):
 
         ingest.register("deployment", apply_deployment)
         ingest.register("server_exit", apply_server_exit)
+        if apply_deployment not in ingest.INVENTORY_PARTS:
+            ingest.INVENTORY_PARTS.append(apply_deployment)
         if operation_changed not in models.OPERATION_LISTENERS:
             models.OPERATION_LISTENERS.append(operation_changed)

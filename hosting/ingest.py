@@ -1,11 +1,15 @@
 """Agent reports about builds (through their operations) and servers (the `deployment` report)."""
 
+import logging
 from datetime import datetime, timezone as dt_timezone
 
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from hosting.models import Build, Deployment, ServerExit
 from nodes.models import Operation
+
+log = logging.getLogger("morpheus.ingest")
 
 BUILD_STATUS = {
     Operation.RUNNING: Build.BUILDING,
@@ -46,10 +50,13 @@ def operation_changed(operation):
     Build.objects.filter(pk=build.pk).update(**fields)
 
 
-def apply_deployment(rig, report, now=None):
+def apply_deployment(rig, report, now=None, seq=0):
+    """A server's state as the rig saw it, unless a newer report (a higher sequence number) is already stored."""
     now = now or timezone.now()
     started = report["started_at"]
-    Deployment.objects.filter(pk=report["deployment"], node=rig).update(
+    rows = Deployment.objects.filter(pk=report["deployment"], node=rig, report_seq__lt=seq or 2**62)
+    old = rows.values_list("actual_state", flat=True).first()
+    rows.update(
         actual_state=report["state"],
         pid=report["pid"],
         started_at=datetime.fromtimestamp(started, tz=dt_timezone.utc) if started else None,
@@ -57,16 +64,27 @@ def apply_deployment(rig, report, now=None):
         message=report["message"],
         log_tail=report["log"],
         reported_at=now,
+        report_seq=seq or 0,
     )
+    if old is not None and old != report["state"]:
+        log.info("deployment %s on %s: %s → %s", report["deployment"], rig.name, old, report["state"])
 
 
-def apply_server_exit(rig, report, now=None):
-    """One unplanned exit of a rig's own server, kept as history (a report about another rig's is ignored)."""
+def apply_server_exit(rig, report, now=None, seq=None):
+    """One unplanned exit of a rig's own server, kept as history (a report about another rig's is ignored); the
+    same report sent again (same sequence number) is the same row."""
     deployment = Deployment.objects.filter(pk=report["deployment"], node=rig).first()
     if deployment is None:
         return
     at = datetime.fromtimestamp(report["at"], tz=dt_timezone.utc)
     now = now or timezone.now()
-    ServerExit.objects.create(deployment=deployment, at=min(at, now), exit_code=report["exit_code"],
-                              signal=report["signal"], uptime=report["uptime"], restart_in=report["restart_in"],
-                              log_tail=report["log"])
+    if seq is not None and ServerExit.objects.filter(deployment=deployment, report_seq=seq).exists():
+        return
+    try:
+        with transaction.atomic():
+            exit_event = ServerExit.objects.create(
+                deployment=deployment, at=min(at, now), exit_code=report["exit_code"], signal=report["signal"],
+                uptime=report["uptime"], restart_in=report["restart_in"], log_tail=report["log"], report_seq=seq)
+    except IntegrityError:  # another panel worker stored this same report a moment ago
+        return
+    log.info("deployment %s on %s: server exited (%s)", deployment.pk, rig.name, exit_event.summary)

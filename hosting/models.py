@@ -91,6 +91,8 @@ class Deployment(models.Model):
     message = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # The rig's sequence number of the report these came from: an older report never overwrites them.
+    report_seq = models.BigIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
 
@@ -156,9 +158,12 @@ class ServerExit(models.Model):
     uptime = models.FloatField(null=True, blank=True)  # seconds it had run
     restart_in = models.FloatField(null=True, blank=True)  # None: the rig gave up restarting it
     log_tail = models.TextField(blank=True)
+    # The report's sequence number on its rig: the same exit sent again is one row.
+    report_seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "report_seq"], name="serverexit_once")]
 
     def __str__(self):
         return f"{self.deployment_id} {self.summary}"

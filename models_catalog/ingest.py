@@ -13,22 +13,29 @@ def _catalogue_match(item, model_file_id):
     return None
 
 
-def apply_model_files(rig, report, now=None):
+def apply_model_files(rig, report, now=None, seq=0):
+    """Each file's row takes only a report newer than the one it came from (reports may arrive out of order, or
+    twice when the rig sends one again)."""
     now = now or timezone.now()
+    seq = seq or 0
     paths = [item["path"] for item in report["files"]]
+    older = RigFile.objects.filter(node=rig, report_seq__lt=seq) if seq else RigFile.objects.filter(node=rig)
     if report["mode"] == "remove":
-        _drop(RigFile.objects.filter(node=rig, path__in=paths))
+        _drop(older.filter(path__in=paths))
         return
     if report["mode"] == "replace":
-        _drop(RigFile.objects.filter(node=rig).exclude(path__in=paths))
+        _drop(older.exclude(path__in=paths))
     for item in report["files"]:
         existing = RigFile.objects.filter(node=rig, path=item["path"]).first()
+        if existing is not None and seq and existing.report_seq >= seq:
+            continue
         defaults = {
             "size": item["size"],
             "facts": item["facts"],
             "facts_error": item["facts_error"],
             "shard_paths": item["shard_paths"],
             "updated": now,
+            "report_seq": seq,
         }
         if report["mode"] == "upsert" or existing is None:
             defaults.update(

@@ -119,6 +119,8 @@ class RigFile(models.Model):
     shard_paths = models.JSONField(default=list, blank=True)
     source = models.CharField(max_length=20, default="download", choices=[("download", "downloaded"), ("scan", "found on disk")])
     updated = models.DateTimeField(default=timezone.now)
+    # The rig's sequence number of the report this row comes from: an older report never overwrites it.
+    report_seq = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["node", "path"]

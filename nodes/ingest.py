@@ -8,6 +8,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from nodes.agent import envelope
+from nodes.agent import protocol
 from nodes.agent.protocol import NODE_NAME_RE
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, minute_floor
 from nodes.reports import CLEANERS, ReportError
@@ -18,6 +19,8 @@ log = logging.getLogger("morpheus.ingest")
 REJECTION_WRITE_EVERY = timedelta(seconds=5)
 MAX_CLOCK_SKEW = timedelta(minutes=10)
 INTERRUPTED = "interrupted: the rig's agent restarted without finishing this operation"
+LOST = "lost on the rig: its agent no longer has this operation and sent no outcome for it"
+ACK_TTL = 600  # an acknowledgement the rig does not read within this is dropped; the rig sends the report again
 
 
 class Rejected(Exception):
@@ -25,8 +28,12 @@ class Rejected(Exception):
 
 
 def handle_report(rig=None, body=None, mac=None, now=None):
-    """Returns None when applied, or the reason it was rejected (already logged)."""
+    """Returns None when applied, or the reason it was rejected (already logged).
+
+    A report the rig keeps until acknowledged (`ack`) is acknowledged once this transaction commits — also when it
+    changed nothing (a copy, or older than what is stored) or was malformed (sending it again would not help)."""
     now = now or timezone.now()
+    node = report = None
     try:
         node, report = authenticate(rig, body, mac, now)
         kind = report["kind"]
@@ -43,13 +50,18 @@ def handle_report(rig=None, body=None, mac=None, now=None):
             clean["agent_started_at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["agent_started_at"])
     except Rejected as exc:
         log.warning("report from rig %r rejected: %s", rig if isinstance(rig, str) else None, exc)
+        if report is not None and report["ack"]:
+            acknowledge(node, report["seq"])
         return str(exc)
     with transaction.atomic():
         if kind == "telemetry" and connection.vendor == "postgresql":
             # A reading lost in a database crash is replaced seconds later: don't wait for the WAL flush.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        APPLY[kind](node, clean, now)
+        APPLY[kind](node, clean, now, report["seq"])
+        if report["ack"]:
+            seq = report["seq"]
+            transaction.on_commit(lambda: acknowledge(node, seq))
         offset = report["sent_at"] - now.timestamp()
         node.last_seen = now
         # Highest sequence number and the rig's clock offset, for ordering and skew (never moves backwards).
@@ -57,6 +69,17 @@ def handle_report(rig=None, body=None, mac=None, now=None):
                                                report_seq=Greatest("report_seq", report["seq"]))
         node.record_status(now)
     return None
+
+
+def acknowledge(node, seq):
+    """Tell the rig its report is applied, so it stops sending it. If this is lost the rig sends the report again and
+    it is acknowledged again: nothing is applied twice (each object takes only newer reports)."""
+    from nodes.channel import send_command  # the channel imports the Celery app; ingest stays importable without
+
+    try:
+        send_command(node, protocol.AGENT_ACK, {"seqs": [seq]}, ttl=ACK_TTL)
+    except Exception as exc:  # the broker is away: the rig will send it again
+        log.warning("could not acknowledge report %s of rig %s: %s", seq, node.name, exc)
 
 
 def authenticate(name, body, mac, now):
@@ -80,11 +103,8 @@ def authenticate(name, body, mac, now):
     return node, report
 
 
-def apply_hardware(rig, hw, now):
+def apply_hardware(rig, hw, now, seq=None):
     gpus = hw.pop("gpus")
-    boot, in_flight, agent_started = hw.pop("boot"), hw.pop("in_flight"), hw.pop("agent_started_at")
-    if boot:
-        mark_interrupted(rig, in_flight, now, agent_started)
     rig.hardware = {**hw, "gpus": gpus}
     rig.hardware_at = now
     rig.telemetry_interval = hw["telemetry_interval"]
@@ -124,7 +144,7 @@ def _reading_time(at, now):
     return min(moment, now)
 
 
-def apply_telemetry(rig, reading, now):
+def apply_telemetry(rig, reading, now, seq=None):
     at = _reading_time(reading["at"], now)
     minute = minute_floor(at)
     host = reading["host"]
@@ -176,29 +196,42 @@ def _update_latest_readings(changed, at):
         cursor.executemany(sql, rows)
 
 
-def mark_interrupted(rig, in_flight, now, agent_started=None):
-    """The agent started again: operations it was running and did not take back were lost with it. Only those
-    already running before it started (`agent_started`, panel time): it may have picked up new ones since."""
-    lost = Operation.objects.filter(node=rig, status=Operation.RUNNING).exclude(pk__in=in_flight)
-    if agent_started is not None:
-        lost = lost.filter(started__lt=datetime.fromtimestamp(agent_started, tz=dt_timezone.utc))
-    count = sum(operation.apply_report(Operation.FAILED, INTERRUPTED, now=now) for operation in lost)
+def apply_inventory(rig, inventory, now, seq):
+    """What the rig still has. A running operation of this rig that it does not list, and whose last applied report
+    came before this inventory, has ended on the rig without an outcome (its agent restarted, or it was lost): end
+    it, saying so. Each server's state is applied as a deployment report of this sequence number."""
+    mark_lost(rig, inventory["operations"], seq, now, boot=inventory["boot"])
+    for report in inventory["deployments"]:
+        for apply in INVENTORY_PARTS:
+            apply(rig, report, now, seq)
+
+
+def mark_lost(rig, listed, seq, now, boot=False):
+    lost = (Operation.objects.filter(node=rig, status=Operation.RUNNING, report_seq__lt=seq)
+            .exclude(pk__in=listed))
+    why = INTERRUPTED if boot else LOST
+    count = sum(operation.apply_report(Operation.FAILED, why, now=now, seq=seq) for operation in lost)
     if count:
-        log.warning("rig %s restarted; %d running operation(s) marked interrupted", rig.name, count)
+        log.warning("rig %s: %d running operation(s) ended: %s", rig.name, count, why)
+    return count
 
 
-def apply_operation(rig, report, now):
+def apply_operation(rig, report, now, seq=None):
     operation = Operation.objects.filter(pk=report["operation"], node=rig).first()
     if operation is None:
         log.warning("rig %s reported on operation %s, which is not its own", rig.name, report["operation"])
         return
+    before = operation.status
     applied = operation.apply_report(report["status"], report["message"], report["result"], now=now,
-                                     progress=report["progress"], log_tail=report["log"])
-    if not applied:
-        log.info("operation %s: ignored %s report (already %s)", operation.pk, report["status"], operation.status)
+                                     progress=report["progress"], log_tail=report["log"], seq=seq)
+    if applied and operation.status != before:
+        log.info("operation %s (%s on %s): %s", operation.pk, operation.kind, rig.name, operation.status)
+    elif not applied and report["status"] != Operation.RUNNING:
+        log.info("operation %s: ignored a %s report (already %s, or older than the last one applied)",
+                 operation.pk, report["status"], operation.status)
 
 
-def apply_rejected_command(rig, report, now):
+def apply_rejected_command(rig, report, now, seq=None):
     """The rig's agent refused a command: show it on the rig's page (it may be a forgery aimed at this rig)."""
     log.warning("rig %s refused a %s command: %s", rig.name, report["task"], report["reason"])
     rig.command_rejected_at, rig.command_rejected_reason = now, f"{report['task']}: {report['reason']}"[:300]
@@ -211,7 +244,10 @@ APPLY = {
     "telemetry": apply_telemetry,
     "operation": apply_operation,
     "rejected_command": apply_rejected_command,
+    "inventory": apply_inventory,
 }
+# Writers of one server's state (apps add theirs): an inventory's deployments go through them.
+INVENTORY_PARTS = []
 
 
 def register(kind, apply):

@@ -292,6 +292,8 @@ class Operation(models.Model):
     created = models.DateTimeField(default=timezone.now, db_index=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+    # The rig's sequence number of the last report applied to it: an older one (late, or sent again) is ignored.
+    report_seq = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created", "-id"]
@@ -336,12 +338,14 @@ class Operation(models.Model):
     def eta_text(self):
         return "" if self.progress_eta is None else supervisor.duration_text(self.progress_eta)
 
-    def apply_report(self, status, message="", result=None, now=None, progress=None, log_tail=None):
+    def apply_report(self, status, message="", result=None, now=None, progress=None, log_tail=None, seq=None):
         """Move along queued → running → terminal; never backwards, never out of a terminal state.
 
         The one exit for every status change (a rig's report, a cancel, expiry, an interruption): after a change it
         tells whoever mirrors operations (OPERATION_LISTENERS, e.g. a Build's own status), so nothing stays stuck.
-        A running operation takes further running reports: they carry progress and the log tail.
+        A running operation takes further running reports: they carry progress and the log tail. `seq` (a rig's
+        report) must be above the last applied one: a late progress report never overwrites a newer one, and a
+        copy of an outcome sent again changes nothing.
         """
         now = now or timezone.now()
         allowed_from = {
@@ -368,7 +372,11 @@ class Operation(models.Model):
                 fields["started"] = now
             if result:
                 fields["result"] = result
-        updated = Operation.objects.filter(pk=self.pk, status__in=allowed_from).update(**fields)
+        rows = Operation.objects.filter(pk=self.pk, status__in=allowed_from)
+        if seq is not None:
+            rows = rows.filter(report_seq__lt=seq)
+            fields["report_seq"] = seq
+        updated = rows.update(**fields)
         if updated:
             for key, value in fields.items():
                 setattr(self, key, value)

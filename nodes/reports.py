@@ -87,17 +87,8 @@ def clean_hardware(payload):
         "gpu_note": _text(payload, "gpu_note", 300, required=False),
         "telemetry_interval": _number(payload, "telemetry_interval", 0.2, 3600),
         "gpus": [],
-        "boot": payload.get("boot") is True,
         "agent_started_at": _number(payload, "agent_started_at", 0, 10**11, required=False),
-        "in_flight": [],
     }
-    in_flight = payload.get("in_flight") or []
-    if not isinstance(in_flight, list) or len(in_flight) > 1000:
-        raise ReportError("in_flight must be a list of operation ids")
-    for op_id in in_flight:
-        if isinstance(op_id, bool) or not isinstance(op_id, int) or op_id < 1:
-            raise ReportError("in_flight must be a list of operation ids")
-        clean["in_flight"].append(op_id)
     for gpu in _list(payload, "gpus"):
         if not isinstance(gpu, dict):
             raise ReportError("each GPU must be an object")
@@ -265,6 +256,23 @@ def clean_server_exit(payload):
     }
 
 
+def clean_inventory(payload):
+    """What a rig still has: operations in flight (or ended with the outcome not yet acknowledged), its servers."""
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    operations = _list(payload, "operations", max_len=1000)
+    if not all(isinstance(o, int) and not isinstance(o, bool) and 1 <= o < 2**63 for o in operations):
+        raise ReportError("operations must be a list of operation ids")
+    deployments = [clean_deployment(item) for item in _list(payload, "deployments", max_len=256)]
+    return {
+        "boot": payload.get("boot") is True,
+        "agent_started_at": _number(payload, "agent_started_at", 0, 10**11, required=False),
+        "operations": operations,
+        "deployments": deployments,
+        "outbox": _number(payload, "outbox", 0, 10**7, integer=True, required=False) or 0,
+    }
+
+
 def clean_rejected_command(payload):
     if not isinstance(payload, dict):
         raise ReportError("payload must be an object")
@@ -279,4 +287,5 @@ CLEANERS = {
     "telemetry": clean_telemetry,
     "operation": clean_operation,
     "model_files": clean_model_files,
+    "inventory": clean_inventory,
 }

@@ -165,12 +165,14 @@ class Panel:
     def send(self, task, **kwargs):
         return self.app.send_task(task, kwargs=kwargs, queue="panel").id
 
-    def report(self, node, token, kind, payload, seq=1):
+    def report(self, node, token, kind, payload, seq=None, ack=False):
         """A `panel.report` signed with `token`, as an agent (or a forger holding some token) sends it; returns the
-        task id."""
+        task id. Numbered after the previous one unless `seq` is given."""
         from nodes.agent import envelope
+        from tests.helpers import next_seq
 
-        signed = envelope.sign_report(envelope.derive_keys(token), rig=node, kind=kind, payload=payload, seq=seq)
+        signed = envelope.sign_report(envelope.derive_keys(token), rig=node, kind=kind, payload=payload,
+                                      seq=next_seq() if seq is None else seq, ack=ack)
         return self.send("panel.report", **signed)
 
     def wait_done(self, task, task_id, timeout=30):

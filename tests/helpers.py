@@ -2,6 +2,7 @@
 reports signed as a rig signs them. Processes and `wait_until` live in tests/harness.py."""
 
 import html
+import itertools
 import json
 from collections import namedtuple
 
@@ -65,13 +66,21 @@ def unsealed(node, value):
     return envelope.unseal(node.keys, value)
 
 
-def signed_report(node_name, token, kind, payload, seq=1, sent_at=None):
-    """The kwargs of a `panel.report` as the rig's agent sends it."""
-    return envelope.sign_report(envelope.derive_keys(token), rig=node_name, kind=kind, payload=payload, seq=seq,
-                                now=sent_at)
+_SEQ = itertools.count(1)
 
 
-def report(node_name, token, kind, payload, now=None, seq=1):
+def next_seq():
+    """Increasing report numbers across a test run, as one rig's agent sends them."""
+    return next(_SEQ)
+
+
+def signed_report(node_name, token, kind, payload, seq=None, sent_at=None, ack=False):
+    """The kwargs of a `panel.report` as the rig's agent sends it (numbered after the previous one unless `seq`)."""
+    return envelope.sign_report(envelope.derive_keys(token), rig=node_name, kind=kind, payload=payload,
+                                seq=next_seq() if seq is None else seq, now=sent_at, ack=ack)
+
+
+def report(node_name, token, kind, payload, now=None, seq=None):
     """Apply one report through the panel's ingest, signed with `token`; returns None or the rejection reason."""
     from nodes import ingest
 

@@ -19,7 +19,7 @@ def agent(tmp_path):
     config = AgentConfig(broker_url="redis://127.0.0.1:9/0", node="alpha", token=TOKEN, data_dir=tmp_path)
     app = create_app(config)
     sent = []
-    app.agent.send = lambda kind, payload, expires=None: sent.append((kind, payload))
+    app.agent.send = lambda kind, payload, expires=None, durable=False: sent.append((kind, payload))
     app.agent.sent = sent
     return app.agent
 
@@ -84,7 +84,7 @@ def test_it_refuses_a_forged_tampered_or_stale_command_and_reports_why(agent, ca
 
 def test_it_refuses_arguments_outside_an_envelope(agent):
     sent = []
-    agent.send = lambda kind, payload, expires=None: sent.append((kind, payload))
+    agent.send = lambda kind, payload, expires=None, durable=False: sent.append((kind, payload))
     agent.app.tasks[protocol.AGENT_PING].run(7)
     agent.app.tasks[protocol.AGENT_RECONCILE_DEPLOYMENTS].run(specs=[])
     assert not ran(sent)
@@ -99,7 +99,7 @@ def test_it_refuses_a_replay_even_after_a_restart(agent, tmp_path):
 
     restarted = create_app(agent.cfg).agent
     sent = []
-    restarted.send = lambda kind, payload, expires=None: sent.append((kind, payload))
+    restarted.send = lambda kind, payload, expires=None, durable=False: sent.append((kind, payload))
     restarted.app.tasks[protocol.AGENT_PING].run(**message)
     assert not ran(sent) and "already received" in rejected(sent)[0]
 
@@ -177,7 +177,7 @@ def test_a_rig_whose_clock_is_off_still_runs_commands_the_panel_signed_for_it(tm
                          clock_skew=skew)
     agent = create_app(config).agent
     sent = []
-    agent.send = lambda kind, payload, expires=None: sent.append((kind, payload))
+    agent.send = lambda kind, payload, expires=None, durable=False: sent.append((kind, payload))
     # Without the offset the panel measured, a rig minutes off judges expiry wrongly...
     agent.app.tasks[protocol.AGENT_PING].run(**ping(ttl=120))
     assert bool(rejected(sent)) == (abs(skew) > 30)
@@ -189,3 +189,66 @@ def test_a_rig_whose_clock_is_off_still_runs_commands_the_panel_signed_for_it(tm
     assert ran(sent)[-1]["status"] == "succeeded" and not rejected(sent)
     agent.app.tasks[protocol.AGENT_PING].run(**message)
     assert "already received" in rejected(sent)[0]
+
+
+def published_agent(tmp_path):
+    """A real agent whose publishes are recorded (opened as the panel would), or refused while `broker_down`."""
+    config = AgentConfig(broker_url="redis://127.0.0.1:9/0", node="alpha", token=TOKEN, data_dir=tmp_path)
+    agent = create_app(config).agent
+    agent.published, agent.broker_down = [], False
+
+    def send_task(name, **options):
+        if agent.broker_down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:9. Connection refused.")
+        agent.published.append(envelope.open_report(envelope.derive_keys(TOKEN), rig="alpha",
+                                                    body=options["kwargs"]["body"], mac=options["kwargs"]["mac"]))
+
+    agent.app.send_task = send_task
+    return agent
+
+
+def test_an_outcome_is_kept_until_the_panel_acknowledges_it_and_progress_never_fails_the_work(tmp_path):
+    agent = published_agent(tmp_path)
+    agent.broker_down = True
+    agent.operation(7, "running", progress={"done": 1, "total": 2, "unit": "B"})  # lost, and no exception
+    agent.operation(7, "succeeded", "done")  # kept
+    assert agent.published == [] and len(agent.outbox) == 1
+    agent.broker_down = False
+    agent.outbox.flush(everything=True)
+    [sent] = agent.published
+    assert sent["ack"] is True and sent["payload"]["status"] == "succeeded"
+    # The panel's acknowledgement, a signed command like any other, empties the outbox.
+    ack = envelope.sign_command(envelope.derive_keys(TOKEN), task=protocol.AGENT_ACK, rig="alpha",
+                                args={"seqs": [sent["seq"]]}, ttl=60)
+    agent.app.tasks[protocol.AGENT_ACK].run(**ack)
+    assert len(agent.outbox) == 0
+    # A forged acknowledgement is refused (it would make the rig drop an outcome the panel never saw).
+    agent.operation(8, "failed", "no")
+    forged = envelope.sign_command(envelope.derive_keys(OTHER), task=protocol.AGENT_ACK, rig="alpha",
+                                   args={"seqs": [agent.published[-1]["seq"]]}, ttl=60)
+    agent.app.tasks[protocol.AGENT_ACK].run(**forged)
+    assert len(agent.outbox) == 1
+
+
+def test_the_inventory_lists_running_operations_and_outcomes_not_yet_acknowledged(tmp_path):
+    agent = published_agent(tmp_path)
+
+    def probe_while_an_inventory_goes_out():
+        agent.publish_inventory()
+        return {"gpus": []}
+
+    agent.publish_hardware = probe_while_an_inventory_goes_out
+    agent.app.tasks[protocol.AGENT_REFRESH_HARDWARE].run(**ping(task=protocol.AGENT_REFRESH_HARDWARE, operation=7))
+    during = next(r for r in agent.published if r["kind"] == "inventory")
+    assert during["payload"]["operations"] == [7]  # listed while its command runs
+    agent.outbox.acked([r["seq"] for r in agent.published if r["ack"]])
+    agent.publish_inventory()
+    assert agent.published[-1]["payload"]["operations"] == []  # ended and acknowledged: no longer listed
+    agent.broker_down = True
+    agent.operation(9, "succeeded", "done")  # outcome waiting in the outbox
+    agent.operation(10, "running", "picked up", durable=True)  # a pickup waiting: not "in flight" by itself
+    agent.broker_down = False
+    agent.publish_inventory(boot=True)
+    inventory = agent.published[-1]
+    assert inventory["kind"] == "inventory" and inventory["payload"]["boot"] is True
+    assert inventory["payload"]["operations"] == [9] and inventory["payload"]["outbox"] == 2

@@ -109,10 +109,10 @@ def _expire(build):
 
 
 def _interrupt(build):
-    from nodes.ingest import mark_interrupted
+    from nodes.ingest import mark_lost
 
-    build.operation.apply_report(Operation.RUNNING, "building")
-    mark_interrupted(build.node, in_flight=[], now=timezone.now())
+    build.operation.apply_report(Operation.RUNNING, "building", seq=5)
+    assert mark_lost(build.node, listed=[], seq=6, now=timezone.now(), boot=True) == 1
 
 
 @pytest.mark.parametrize("end, status, words", [

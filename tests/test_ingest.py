@@ -222,12 +222,13 @@ def test_it_refuses_an_unsigned_report_in_the_old_format(reporting_rig):
 
 def test_it_keeps_the_highest_sequence_number_and_the_rig_clock_offset(reporting_rig):
     node, token = reporting_rig
-    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=7,
+    base = Node.objects.get(pk=node.pk).report_seq
+    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=base + 7,
                                          sent_at=at(30).timestamp() + 2.5), now=at(30))
-    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=5,
+    ingest.handle_report(**signed_report("alpha", token, "telemetry", telemetry(), seq=base + 5,
                                          sent_at=at(31).timestamp()), now=at(31))
     node.refresh_from_db()
-    assert node.report_seq == 7 and node.clock_offset == 0
+    assert node.report_seq == base + 7 and node.clock_offset == 0
 
 
 MALFORMED = [
@@ -292,21 +293,27 @@ def test_it_never_moves_a_finished_operation_back(reporting_rig):
     assert (operation.status, operation.message, operation.finished) == ("failed", "no", at(20))
 
 
-def test_a_restarted_agent_interrupts_only_what_ran_before_it_started(reporting_rig):
-    """It may pick up a queued operation (and say "running") before its boot report is applied: that one goes on."""
+def test_a_restarted_agent_interrupts_only_what_it_reported_on_before_its_inventory(reporting_rig):
+    """It may pick up a queued operation (and say "running") before its boot inventory is applied: that one's report
+    came after the inventory was made and it goes on; one it resumed is listed and goes on."""
     node, token = reporting_rig
-    now = timezone.now()
     before = Operation.objects.create(node=node, kind=Operation.BUILD_LLAMA)
-    before.apply_report(Operation.RUNNING, now=now - timedelta(minutes=5))
+    before.apply_report(Operation.RUNNING, seq=100)
     resumed = Operation.objects.create(node=node, kind=Operation.DOWNLOAD_MODEL)
-    resumed.apply_report(Operation.RUNNING, now=now - timedelta(minutes=5))
+    resumed.apply_report(Operation.RUNNING, seq=101)
     since = Operation.objects.create(node=node, kind=Operation.PING)
-    since.apply_report(Operation.RUNNING, now=now - timedelta(seconds=1))
-    # The rig's clock is 2 minutes fast; it started 10 s ago by its own clock.
-    rig_now = now.timestamp() + 120
-    boot = {**hardware(), "boot": True, "in_flight": [resumed.pk], "agent_started_at": rig_now - 10}
-    assert ingest.handle_report(**signed_report("alpha", token, "hardware", boot, seq=9, sent_at=rig_now),
-                                now=now) is None
+    since.apply_report(Operation.RUNNING, seq=300)  # picked up after the inventory below was made
+    queued = Operation.objects.create(node=node, kind=Operation.PING)
+    inventory = {"boot": True, "operations": [resumed.pk], "deployments": []}
+    assert ingest.handle_report(**signed_report("alpha", token, "inventory", inventory, seq=200)) is None
     statuses = {op.pk: (op.status, op.message) for op in Operation.objects.all()}
     assert statuses[before.pk][0] == "failed" and "interrupted" in statuses[before.pk][1]
     assert statuses[resumed.pk][0] == statuses[since.pk][0] == "running"
+    assert statuses[queued.pk][0] == "queued"
+    # A periodic inventory ends what the rig no longer has (its outcome never came) with its own words.
+    assert ingest.handle_report(**signed_report("alpha", token, "inventory", {**inventory, "boot": False},
+                                                seq=400)) is None
+    resumed.refresh_from_db()
+    since.refresh_from_db()
+    assert resumed.status == "running"
+    assert since.status == "failed" and since.message.startswith("lost on the rig")

@@ -19,8 +19,11 @@ def raw(table, column, pk):
         return cursor.fetchone()[0]
 
 
-def migrate(app, name):
+def migrate(app, name=None):
+    """`app` to migration `name`, or to its latest (what every other test expects)."""
     executor = MigrationExecutor(connection)
+    if name is None:
+        [(app, name)] = [leaf for leaf in executor.loader.graph.leaf_nodes() if leaf[0] == app]
     executor.migrate([(app, name)])
 
 
@@ -77,9 +80,10 @@ def test_it_seals_the_clear_secrets_of_a_panel_upgraded_in_place(transactional_d
         stored = raw(table, column, row.pk)
         assert stored.startswith(PREFIX) and secret not in stored
         assert raw(table, column, empty.pk) == ""
-        assert getattr(model.objects.get(pk=row.pk), column) == secret
+        # Only that column: later migrations may add others this schema does not have yet.
+        assert getattr(model.objects.only(column).get(pk=row.pk), column) == secret
     finally:
-        migrate(app, after)
+        migrate(app)
 
 
 @pytest.mark.django_db

@@ -10,6 +10,8 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -373,5 +375,103 @@ def test_it_starts_the_server_without_the_agents_credentials_in_its_environment(
         assert not any(value.encode() in b"\0".join(environ.values()) for value in secrets.values())
         assert b"sk-test-key" not in b"\0".join(environ.values())
         assert environ[b"PATH"] == os.environ["PATH"].encode() and environ[b"CUDA_VISIBLE_DEVICES"] == b"0,1"
+    finally:
+        supervisor._terminate(server, "test teardown")
+
+
+# --- server.log rotation -----------------------------------------------------------------------------------
+def fake_server(tmp_path, body):
+    """A stand-in llama-server (a Python script; it ignores its arguments and never answers /health) and a model
+    file for it: enough to drive what the supervisor does with the log file the process writes."""
+    binary = tmp_path / "llama-server"
+    binary.write_text(f"#!{sys.executable}\nimport sys, time\nfrom pathlib import Path\n{textwrap.dedent(body)}")
+    binary.chmod(0o755)
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    return {"deployment_id": 1, "binary": str(binary), "model_path": str(model), "port": free_port(),
+            "generation": 1}
+
+
+def test_it_reads_the_log_rotation_limits_from_the_environment(tmp_path, monkeypatch):
+    supervisor = Supervisor(tmp_path / "state")
+    assert (supervisor.log_max_bytes, supervisor.log_backups) == (20 * 1024 * 1024, 2)
+    monkeypatch.setenv("MORPHEUS_SERVER_LOG_MAX_BYTES", "4096")
+    monkeypatch.setenv("MORPHEUS_SERVER_LOG_BACKUPS", "5")
+    supervisor = Supervisor(tmp_path / "state")
+    assert (supervisor.log_max_bytes, supervisor.log_backups) == (4096, 5)
+    monkeypatch.setenv("MORPHEUS_SERVER_LOG_MAX_BYTES", "lots")
+    with pytest.raises(ValueError, match="MORPHEUS_SERVER_LOG_MAX_BYTES must be an integer"):
+        Supervisor(tmp_path / "state")
+
+
+def test_it_rotates_a_growing_server_log_while_the_server_keeps_appending(tmp_path, monkeypatch):
+    limit = 4096
+    monkeypatch.setenv("MORPHEUS_SERVER_LOG_MAX_BYTES", str(limit))
+    monkeypatch.setenv("MORPHEUS_SERVER_LOG_BACKUPS", "2")
+    # ≈ 36 KB over ≈ 1 s: about nine rotations on a 0.05 s loop. Then it waits, alive, and writes once more.
+    data = fake_server(tmp_path, """
+        for i in range(400):
+            print(f"line {i:05d} " + "x" * 80, flush=True)
+            if i % 10 == 0:
+                time.sleep(0.02)
+        print("writer done", flush=True)
+        while not Path("go").exists():  # its working directory is the deployment's state folder
+            time.sleep(0.01)
+        print("written after the rotations", flush=True)
+        time.sleep(60)
+    """)
+    supervisor = Supervisor(tmp_path / "state", interval=0.05)
+    supervisor.start()
+    try:
+        supervisor.apply(data)
+        server = supervisor.servers[1]
+        pid = server.pid
+        log_path = server.log_path
+        wait_until(lambda: "writer done" in sup.tail(log_path, 3) and log_path.stat().st_size <= limit,
+                   timeout=30, message="all written and the log rotated under the limit")
+        backups = sorted(p.name for p in log_path.parent.glob("server.log.*"))
+        assert backups == ["server.log.1", "server.log.2"]  # at most BACKUPS, the oldest dropped
+        older, newer = (log_path.with_name(name).read_bytes() for name in ("server.log.2", "server.log.1"))
+        assert len(newer) > limit and len(older) > limit and b"\0" not in older + newer
+        numbers = [[int(line.split()[1]) for line in text.splitlines() if line.startswith(b"line ")]
+                   for text in (older, newer)]
+        assert numbers[0] and numbers[1] and numbers[0][-1] < numbers[1][0]  # .2 is older than .1
+
+        (server.folder / "go").touch()
+        wait_until(lambda: b"written after the rotations" in log_path.read_bytes(), timeout=10,
+                   message="the server's next line in server.log")
+        assert server.pid == pid and alive(pid)  # the same process, its descriptor never reopened
+        content = log_path.read_bytes()
+        # Appended at the new end: no hole of NUL bytes where its old offset was, the size on disk is the data's.
+        assert b"\0" not in content and content.endswith(b"written after the rotations\n")
+        assert log_path.stat().st_size == len(content) <= limit
+    finally:
+        supervisor.stop_loop()
+        for server in supervisor.servers.values():
+            supervisor._terminate(server, "test teardown")
+
+
+def test_the_exit_event_keeps_the_last_log_lines_right_after_a_rotation(tmp_path):
+    data = fake_server(tmp_path, """
+        for i in range(100):
+            print(f"line {i:05d} " + "x" * 80)
+        print("last words before the crash", flush=True)
+        sys.exit(3)
+    """)
+    exits = []
+    supervisor = Supervisor(tmp_path / "state", on_exit=exits.append, log_max_bytes=4096, log_backups=1)
+    supervisor.apply(data)  # no loop: the test runs its passes itself
+    server = supervisor.servers[1]
+    try:
+        wait_until(lambda: not alive(server.pid), timeout=10, message="the server to exit")
+        supervisor.reconcile()  # one pass: it rotates the log, then sees the exit
+        assert server.log_path.stat().st_size == 0  # nothing written since the rotation
+        assert sorted(p.name for p in server.folder.glob("server.log.*")) == ["server.log.1"]
+        [event] = exits
+        assert event["exit_code"] == 3 and event["signal"] is None
+        assert event["log"].splitlines()[-1] == "last words before the crash"  # taken from server.log.1
+        assert len(event["log"].splitlines()) == 15
+        assert server.message.startswith("crashed (exit code 3)")
+        assert "last words before the crash" in server.report()["log"]
     finally:
         supervisor._terminate(server, "test teardown")

@@ -29,6 +29,10 @@ class AgentConfig:
     clock_tolerance: float = 30.0
     # Tests and drills only: play a rig whose clock is this many seconds off (MORPHEUS_AGENT_CLOCK_SKEW).
     clock_skew: float = 0.0
+    # An unacknowledged outcome is sent again after this long, doubling up to 10 min (MORPHEUS_AGENT_RESEND_AFTER).
+    resend_after: float = 15.0
+    # How often the rig tells the panel what it still has in flight (MORPHEUS_AGENT_INVENTORY_INTERVAL).
+    inventory_interval: float = 60.0
 
     @property
     def models_dir(self):
@@ -67,6 +71,10 @@ class AgentConfig:
             raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE must be between 0 and 3600 seconds")
         if not 0.2 <= self.telemetry_interval <= 3600:
             raise AgentConfigError("telemetry interval must be between 0.2 and 3600 seconds")
+        if not 0.2 <= self.resend_after <= 3600:
+            raise AgentConfigError("MORPHEUS_AGENT_RESEND_AFTER must be between 0.2 and 3600 seconds")
+        if not 0.5 <= self.inventory_interval <= 86400:
+            raise AgentConfigError("MORPHEUS_AGENT_INVENTORY_INTERVAL must be between 0.5 and 86400 seconds")
 
     @classmethod
     def from_env(cls, environ=None):
@@ -83,8 +91,11 @@ class AgentConfig:
         try:
             tolerance = float(env.get("MORPHEUS_AGENT_CLOCK_TOLERANCE", "30"))
             skew = float(env.get("MORPHEUS_AGENT_CLOCK_SKEW", "0"))
+            resend = float(env.get("MORPHEUS_AGENT_RESEND_AFTER", "15"))
+            inventory = float(env.get("MORPHEUS_AGENT_INVENTORY_INTERVAL", "60"))
         except ValueError:
-            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE and _SKEW must be numbers of seconds") from None
+            raise AgentConfigError("MORPHEUS_AGENT_CLOCK_TOLERANCE, _CLOCK_SKEW, _RESEND_AFTER and _INVENTORY_INTERVAL "
+                                   "must be numbers of seconds") from None
         extra = tuple(Path(p) for p in env.get("MORPHEUS_AGENT_MODEL_DIRS", "").split(":") if p.strip())
         data_dir = Path(env.get("MORPHEUS_AGENT_DATA_DIR", Path.home() / ".morpheus-agent"))
         return cls(
@@ -99,6 +110,8 @@ class AgentConfig:
             telemetry_interval=interval,
             clock_tolerance=tolerance,
             clock_skew=skew,
+            resend_after=resend,
+            inventory_interval=inventory,
         )
 
 

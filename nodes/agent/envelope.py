@@ -201,15 +201,19 @@ class NonceBook:
 
 
 # --- reports: rig → panel ----------------------------------------------------------------------------
-def sign_report(keys, *, rig, kind, payload, seq, now=None):
-    """The kwargs of one `panel.report` message: the rig's name in clear (to find its key), the rest signed."""
-    body = _dumps({"v": VERSION, "rig": rig, "kind": kind, "payload": payload, "seq": seq,
-                   "sent_at": round(time.time() if now is None else now, 3)})
+def sign_report(keys, *, rig, kind, payload, seq, now=None, ack=False):
+    """The kwargs of one `panel.report` message: the rig's name in clear (to find its key), the rest signed.
+    `ack`: the rig keeps this report until the panel acknowledges it (nodes/agent/outbox.py)."""
+    fields = {"v": VERSION, "rig": rig, "kind": kind, "payload": payload, "seq": seq,
+              "sent_at": round(time.time() if now is None else now, 3)}
+    if ack:
+        fields["ack"] = True
+    body = _dumps(fields)
     return {"rig": rig, "body": body, "mac": _mac(keys.mac_key, _REPORT, body.encode())}
 
 
 def open_report(keys, *, rig, body, mac):
-    """The report as a dict (`kind`, `payload`, `seq`, `sent_at`) if this rig signed it; else EnvelopeRejected."""
+    """The report as a dict (`kind`, `payload`, `seq`, `sent_at`, `ack`) if this rig signed it; else EnvelopeRejected."""
     data = _verified(keys, _REPORT, body, mac, MAX_REPORT_BYTES, "report", "bad report signature (agent token rejected)")
     if data.get("v") != VERSION or data.get("rig") != rig:
         raise EnvelopeRejected("report envelope does not match its rig")
@@ -218,21 +222,26 @@ def open_report(keys, *, rig, body, mac):
         raise EnvelopeRejected("report has no sequence number")
     if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or not math.isfinite(sent_at):
         raise EnvelopeRejected("report has no send time")
+    data["ack"] = data.get("ack") is True
     return data
 
 
 class Sequence:
-    """The rig's report counter: strictly increasing, across restarts too (blocks reserved on disk)."""
+    """The rig's report counter: strictly increasing, across restarts (blocks reserved on disk) and even across a
+    wiped state folder: it never starts below the current time in microseconds, which no earlier count reached
+    (a rig sends far fewer than a million reports a second). The panel orders each object's reports by it."""
 
     BLOCK = 10_000
 
-    def __init__(self, path):
+    def __init__(self, path, now=None):
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            start = int(self.path.read_text().strip())
+            stored = int(self.path.read_text().strip())
         except (OSError, ValueError):
-            start = 0
+            stored = 0
+        floor = int((time.time() if now is None else now) * 1_000_000)
+        start = max(stored, floor)
         self._next, self._limit = start, start
 
     def next(self):

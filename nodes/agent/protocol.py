@@ -24,6 +24,7 @@ AGENT_DELETE_BUILD = "agent.delete_build"
 AGENT_APPLY_DEPLOYMENT = "agent.apply_deployment"
 AGENT_FORGET_DEPLOYMENT = "agent.forget_deployment"
 AGENT_RECONCILE_DEPLOYMENTS = "agent.reconcile_deployments"
+AGENT_ACK = "agent.ack"  # the panel applied these reports: the rig may drop them from its outbox
 
 # task name → (takes an operation id, its keyword arguments: required, optional)
 COMMANDS = {
@@ -39,6 +40,7 @@ COMMANDS = {
     AGENT_APPLY_DEPLOYMENT: (True, ("spec", "goal"), ()),
     AGENT_FORGET_DEPLOYMENT: (False, ("deployment_id",), ()),
     AGENT_RECONCILE_DEPLOYMENTS: (False, ("specs",), ()),
+    AGENT_ACK: (False, ("seqs",), ()),
 }
 
 # Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
@@ -52,6 +54,7 @@ MODEL_FILES = "model_files"
 DEPLOYMENT = "deployment"
 REJECTED_COMMAND = "rejected_command"
 SERVER_EXIT = "server_exit"  # a llama-server died by itself: exit code or signal, uptime, last log lines
+INVENTORY = "inventory"  # at start and periodically: operations the rig still has, its servers and their states
 
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

@@ -4,6 +4,10 @@ Each server runs in its own process session (it outlives the agent) with its log
 command line are written to the state folder, so an agent that starts again re-adopts it (pid + command-line
 check) instead of launching a duplicate. A crashed server is restarted with exponential backoff; one that
 keeps crashing is marked failed with its last log lines. Plain Python, no Django.
+
+server.log is rotated by size on the supervisor's loop (copy-truncate, see rotate_log): the server holds the
+file open across agent restarts and never reopens it, so the file is copied to server.log.1 and cut to zero in
+place. Limits: MORPHEUS_SERVER_LOG_MAX_BYTES (default 20 MiB), MORPHEUS_SERVER_LOG_BACKUPS (default 2).
 """
 
 import json
@@ -30,6 +34,22 @@ MAX_CRASHES = 5  # within CRASH_WINDOW seconds → failed
 CRASH_WINDOW = 600
 BACKOFF_BASE, BACKOFF_MAX = 1.0, 60.0
 STOP_TIMEOUT = 10.0
+LOG_MAX_BYTES = 20 * 1024 * 1024  # MORPHEUS_SERVER_LOG_MAX_BYTES
+LOG_BACKUPS = 2  # MORPHEUS_SERVER_LOG_BACKUPS
+
+
+def env_int(name, default, minimum):
+    """An integer setting from the environment; a clear ValueError when it is not one (or is too small)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value
 
 
 def port_free(host, port):
@@ -59,7 +79,7 @@ def pid_alive(pid):
     return state != "Z"
 
 
-def tail(path, lines=40):
+def _tail_lines(path, lines):
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -67,8 +87,49 @@ def tail(path, lines=40):
             fh.seek(max(0, size - 64 * 1024))
             data = fh.read().decode(errors="replace")
     except OSError:
-        return ""
-    return "\n".join(deque(data.splitlines(), maxlen=lines))
+        return []
+    return list(deque(data.splitlines(), maxlen=lines))
+
+
+def tail(path, lines=40):
+    """The last lines of a log. Just after a rotation the file holds few lines or none: the rest come from the
+    newest backup (path.1), so a crash right after a rotation still shows what the server said last."""
+    found = _tail_lines(path, lines)
+    if len(found) < lines:
+        found = _tail_lines(f"{path}.1", lines - len(found)) + found
+    return "\n".join(found)
+
+
+def rotate_log(path, max_bytes, backups):
+    """Copy-truncate a log that has grown past max_bytes: path.N-1 → path.N …, path → path.1, then cut path to 0.
+
+    The writer (llama-server) keeps its descriptor and never reopens the file, so the file cannot be renamed
+    away; it is copied and truncated in place. That is only right because the descriptor was opened with
+    O_APPEND (see Supervisor._launch): each write lands at the current end, so after the truncation it writes
+    at offset 0 instead of its old offset (which would leave a sparse file of NUL bytes). Lines written between
+    the copy and the truncation are lost: a few lines at most, once per rotation. One stat when nothing is due.
+    Returns True when it rotated."""
+    try:
+        if os.stat(path).st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    path = str(path)
+    if backups > 0:
+        for n in range(backups, 1, -1):
+            try:
+                os.replace(f"{path}.{n - 1}", f"{path}.{n}")
+            except FileNotFoundError:
+                pass
+        tmp = f"{path}.1.tmp"
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1024 * 1024):
+                dst.write(chunk)
+        os.replace(tmp, f"{path}.1")  # path.1 appears complete: a tail read never sees half a copy
+    # Truncate through a descriptor of our own, not by reopening in "w" mode.
+    with open(path, "r+b") as fh:
+        fh.truncate(0)
+    return True
 
 
 def probe_health(host, port, timeout=1.0):
@@ -195,12 +256,17 @@ def exit_event(server, now, uptime, restart_in, last_lines):
 
 
 class Supervisor:
-    def __init__(self, state_dir, on_report=None, interval=1.0, on_exit=None):
+    def __init__(self, state_dir, on_report=None, interval=1.0, on_exit=None, log_max_bytes=None, log_backups=None):
         self.dir = Path(state_dir) / "servers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.on_report = on_report
         self.on_exit = on_exit  # called with an exit event (exit_event()) each time a server dies by itself
         self.interval = interval
+        # server.log rotation (rotate_log): arguments, else the environment, else the defaults.
+        self.log_max_bytes = (log_max_bytes if log_max_bytes is not None
+                              else env_int("MORPHEUS_SERVER_LOG_MAX_BYTES", LOG_MAX_BYTES, 1))
+        self.log_backups = (log_backups if log_backups is not None
+                            else env_int("MORPHEUS_SERVER_LOG_BACKUPS", LOG_BACKUPS, 0))
         self.servers = {}
         self.lock = threading.RLock()
         self._stop = threading.Event()
@@ -276,7 +342,17 @@ class Supervisor:
         with self.lock:
             servers = list(self.servers.values())
         for server in servers:
+            self.rotate_log(server)
             self.reconcile_one(server)
+
+    def rotate_log(self, server):
+        """One stat per server per pass; copy-truncate when server.log is past the limit. Outside the lock: only
+        this loop rotates, and tail() reads a complete server.log.1 at any moment of a rotation."""
+        try:
+            if rotate_log(server.log_path, self.log_max_bytes, self.log_backups):
+                log.info("deployment %s: rotated %s", server.spec.deployment_id, server.log_path)
+        except OSError as exc:
+            log.warning("deployment %s: could not rotate %s: %s", server.spec.deployment_id, server.log_path, exc)
 
     def reconcile_one(self, server, force_report=False):
         with self.lock:
@@ -354,6 +430,9 @@ class Supervisor:
                 fh.write(spec.api_key + "\n")
             key_file = server.key_path
         args = launch_args(spec, key_file)
+        # "ab" (O_APPEND) on purpose: the server inherits this descriptor and keeps it after the agent restarts;
+        # rotate_log truncates the file under it, and only with O_APPEND do its next writes go to the new end
+        # (offset 0) rather than its old offset, which would leave a sparse file starting with NUL bytes.
         with open(server.log_path, "ab") as log_file:
             log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launching: {' '.join(args)}\n".encode())
             log_file.flush()

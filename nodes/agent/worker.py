@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from celery import Celery, bootsteps
 
 from . import envelope, protocol, transport
+from .outbox import Outbox
 from .probe import TelemetrySampler, probe_hardware
 
 log = logging.getLogger("morpheus.agent")
@@ -45,17 +46,20 @@ class Agent:
         self.nonces = envelope.NonceBook(config.state_dir / "nonces.json", tolerance=config.clock_tolerance)
         self.sequence = envelope.Sequence(config.state_dir / "report-seq")
         self.report_queue = transport.report_queue()
+        # Outcomes and state changes wait here until the panel acknowledges them (resent after a broker outage).
+        self.outbox = Outbox(config.state_dir / "outbox", self._publish_kept, retry_after=config.resend_after)
+        self._send_failed_at = 0.0
         self.sampler = TelemetrySampler(config.data_dir, clock=self.clock)
         self._snapshot = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
-        self._booted = False
         self.resumed = False
         self._active = set()
         self._active_lock = threading.Lock()
         self.on_first_connect = []  # callables run once the broker is first reachable (resume work, adopt servers)
-        self.in_flight = []  # callables returning ids of operations still running after a restart
+        self.in_flight = []  # callables returning ids of operations in flight outside a command (downloads, launches)
+        self._running = set()  # operations whose command is running now
 
     def clock(self):
         """This rig's clock (shifted by MORPHEUS_AGENT_CLOCK_SKEW in tests): reports carry it, commands are judged by
@@ -74,10 +78,19 @@ class Agent:
                     return None
                 if not takes_operation:
                     return fn(**data["args"])
-                if name != protocol.AGENT_CANCEL:  # a cancel's operation is the one it stops, not its own
-                    # Picked up: from now on the operation's run limit counts, not the pickup timeout.
-                    self.operation(data["operation"], protocol.RUNNING, "picked up by the rig")
-                return fn(data["operation"], **data["args"])
+                operation_id = data["operation"]
+                if name == protocol.AGENT_CANCEL:  # a cancel's operation is the one it stops, not its own
+                    return fn(operation_id, **data["args"])
+                # Picked up: from now on the operation's run limit counts, not the pickup timeout. Kept until the
+                # panel has it, or a launch slower than the pickup timeout would be failed as never picked up.
+                with self._active_lock:
+                    self._running.add(operation_id)
+                try:
+                    self.operation(operation_id, protocol.RUNNING, "picked up by the rig", durable=True)
+                    return fn(operation_id, **data["args"])
+                finally:
+                    with self._active_lock:
+                        self._running.discard(operation_id)
 
             run.__name__ = fn.__name__
             self.app.task(name=name, shared=False, **task_options)(run)
@@ -133,29 +146,71 @@ class Agent:
         return self.cfg.state_dir / "done" / str(int(operation_id))
 
     # --- reports out -----------------------------------------------------------------------------
-    def send(self, kind, payload, expires=None):
-        signed = envelope.sign_report(self.keys, rig=self.cfg.node, kind=kind, payload=payload,
-                                      seq=self.sequence.next(), now=self.clock())
+    def send(self, kind, payload, expires=None, durable=False):
+        """Report to the panel. Never raises: a `durable` report (an outcome, a state change) is kept in the outbox
+        and sent again until the panel acknowledges it; any other (telemetry, progress) is best-effort — lost if
+        the broker is away, and the work goes on. Returns whether it was published now."""
+        seq = self.sequence.next()
+        if durable:
+            self.outbox.put(kind, payload, seq)
+            return True
+        try:
+            self._publish(kind, payload, seq, expires=expires)
+            return True
+        except Exception as exc:
+            if time.monotonic() - self._send_failed_at > 30:  # once per outage, not once per reading
+                self._send_failed_at = time.monotonic()
+                log.warning("%s report not sent (broker unreachable?), carrying on: %s", kind, exc)
+            return False
+
+    def _publish(self, kind, payload, seq, expires=None, ack=False):
+        """Sign (stamped with this rig's clock now, also for a report sent again) and publish; raises if it cannot."""
+        signed = envelope.sign_report(self.keys, rig=self.cfg.node, kind=kind, payload=payload, seq=seq,
+                                      now=self.clock(), ack=ack)
         self.app.send_task(protocol.REPORT_TASK, kwargs=signed, queue=self.report_queue, expires=expires,
                            argsrepr="()", kwargsrepr=f"<{kind} report>")
 
-    def operation(self, operation_id, status, message="", result=None, progress=None, log_tail=None):
+    def _publish_kept(self, kind, payload, seq):
+        self._publish(kind, payload, seq, ack=True)
+
+    def operation(self, operation_id, status, message="", result=None, progress=None, log_tail=None, durable=None):
+        """An operation's report. Its outcome is durable; a "running" one is progress (best-effort) unless `durable`."""
         payload = {"operation": operation_id, "status": status, "message": message, "result": result or {}}
         if progress is not None:
             payload["progress"] = progress
         if log_tail is not None:
             payload["log"] = log_tail
-        self.send(protocol.OPERATION, payload)
+        self.send(protocol.OPERATION, payload, durable=status != protocol.RUNNING if durable is None else durable)
+
+    def operations_in_flight(self):
+        """Operation ids this rig still has: running here, or ended with the outcome not yet acknowledged."""
+        with self._active_lock:
+            ids = set(self._running) | set(self._active)
+        for source in self.in_flight:
+            ids.update(source())
+        for entry in self.outbox.pending(protocol.OPERATION):
+            if entry["payload"].get("status") != protocol.RUNNING:
+                ids.add(entry["payload"]["operation"])
+        return sorted(ids)
+
+    def publish_inventory(self, boot=False):
+        """What this rig has: the panel ends any running operation of this rig that is not listed here and whose
+        last report came before this one (lost with an agent restart, or its outcome never sent)."""
+        supervisor = getattr(self, "supervisor", None)
+        payload = {
+            "boot": boot,
+            "agent_started_at": self.started_at,
+            "operations": self.operations_in_flight(),
+            "deployments": supervisor.snapshot() if supervisor is not None else [],
+            "outbox": len(self.outbox),
+        }
+        self.send(protocol.INVENTORY, payload, expires=max(60.0, 2 * self.cfg.inventory_interval))
 
     def publish_hardware(self, boot=False):
         profile = probe_hardware(self.cfg.data_dir)
         profile["telemetry_interval"] = self.cfg.telemetry_interval
         profile["protocol"] = protocol.PROTOCOL_VERSION
-        if boot:
-            # The panel fails running operations this agent did not take back after a restart.
-            profile["boot"] = True
-            profile["agent_started_at"] = self.started_at  # what it picked up since is not lost
-            profile["in_flight"] = [op for source in self.in_flight for op in source()]
+        profile["agent_started_at"] = self.started_at
         self.send(protocol.HARDWARE, profile, expires=3600)
         return profile
 
@@ -180,8 +235,7 @@ class Agent:
 
     def _run_sampler(self):
         try:
-            self.publish_hardware(boot=not self._booted)
-            self._booted = True
+            self.publish_hardware()
         except Exception:
             log.exception("hardware report failed")
         while not self._stop.is_set():
@@ -202,22 +256,30 @@ def telemetry_step(agent):
 
         def __init__(self, parent, **kwargs):
             super().__init__(parent, **kwargs)
-            self.tref = None
+            self.trefs = []
 
         def start(self, c):
-            if not agent.resumed:
+            boot = not agent.resumed
+            if boot:
                 agent.resumed = True
                 for hook in agent.on_first_connect:
                     hook()
+            agent.publish_inventory(boot=boot)
+            agent.outbox.flush(everything=True)  # connected (again): whatever waited goes now
             agent.start_sampler()
-            self.tref = c.timer.call_repeatedly(agent.cfg.telemetry_interval, agent.publish_telemetry)
-            log.info("rig %s reporting telemetry every %ss", agent.cfg.node, agent.cfg.telemetry_interval)
+            cfg = agent.cfg
+            self.trefs = [
+                c.timer.call_repeatedly(cfg.telemetry_interval, agent.publish_telemetry),
+                c.timer.call_repeatedly(min(cfg.resend_after, 5.0), agent.outbox.flush),
+                c.timer.call_repeatedly(cfg.inventory_interval, agent.publish_inventory),
+            ]
+            log.info("rig %s reporting telemetry every %ss", cfg.node, cfg.telemetry_interval)
 
         def stop(self, c):
             # Called twice at shutdown: keep it idempotent.
-            if self.tref is not None:
-                self.tref.cancel()
-                self.tref = None
+            for tref in self.trefs:
+                tref.cancel()
+            self.trefs = []
 
         def shutdown(self, c):
             self.stop(c)

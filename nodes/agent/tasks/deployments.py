@@ -14,6 +14,8 @@ def register(agent):
     pending_goal = {}  # deployment id → (operation id, goal state, generation)
     goal_lock = threading.Lock()
 
+    last_state = {}  # deployment id → what its last kept report said
+
     def deployment_report(report):
         # The operation's outcome first: a provider's click waits on it, the state report can follow.
         with goal_lock:
@@ -26,11 +28,22 @@ def register(agent):
                 elif report["state"] == SERVER_FAILED:
                     del pending_goal[report["deployment"]]
                     agent.operation(operation_id, "failed", report["message"])
-        agent.send(protocol.DEPLOYMENT, report)
+        # A change of state is kept until the panel has it; the periodic repeat of an unchanged one is not.
+        state = (report["state"], report["pid"], report["restarts"], report["generation"], report["message"])
+        changed = last_state.get(report["deployment"]) != state
+        last_state[report["deployment"]] = state
+        agent.send(protocol.DEPLOYMENT, report, durable=changed)
 
-    supervisor = agent.supervisor = Supervisor(agent.cfg.state_dir, on_report=deployment_report,
-                                               on_exit=lambda event: agent.send(protocol.SERVER_EXIT, event))
+    supervisor = agent.supervisor = Supervisor(
+        agent.cfg.state_dir, on_report=deployment_report,
+        on_exit=lambda event: agent.send(protocol.SERVER_EXIT, event, durable=True))
     agent.on_first_connect.append(supervisor.start)  # re-adopts servers that kept running while the agent was down
+
+    def launches_in_flight():
+        with goal_lock:
+            return [operation_id for operation_id, _goal, _generation in pending_goal.values()]
+
+    agent.in_flight.append(launches_in_flight)
 
     @agent.command(protocol.AGENT_APPLY_DEPLOYMENT)
     def apply_deployment(operation_id, spec, goal):

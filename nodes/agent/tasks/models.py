@@ -49,7 +49,7 @@ def register(agent):
             entry = describe(first["path"], manifest, request.repo_id, first["filename"])
             entry["verified"] = all(item["verified"] for item in result["files"])
             entry["sha256"] = first["sha256"] if len(result["files"]) == 1 else ""
-            agent.send(protocol.MODEL_FILES, {"mode": "upsert", "model_file": model_file, "files": [entry]})
+            agent.send(protocol.MODEL_FILES, {"mode": "upsert", "model_file": model_file, "files": [entry]}, durable=True)
             total = sum(item["size"] for item in result["files"])
             verb = "already on the rig" if all(i["already_present"] for i in result["files"]) else "downloaded"
             checked = "verified" if entry["verified"] else "not checked"
@@ -89,7 +89,7 @@ def register(agent):
             try:
                 agent.operation(operation_id, "running", "scanning " + ", ".join(str(d) for d in config.model_dirs))
                 files = scan(config.model_dirs, manifest)
-                agent.send(protocol.MODEL_FILES, {"mode": "replace", "files": files})
+                agent.send(protocol.MODEL_FILES, {"mode": "replace", "files": files}, durable=True)
                 agent.operation(operation_id, "succeeded",
                                 f"{len(files)} GGUF model{'s' if len(files) != 1 else ''} found", {"count": len(files)})
             except Exception as exc:
@@ -103,7 +103,7 @@ def register(agent):
                 return
             try:
                 removed = delete_model_path(path, config.model_dirs, manifest)
-                agent.send(protocol.MODEL_FILES, {"mode": "remove", "files": [{"path": path}]})
+                agent.send(protocol.MODEL_FILES, {"mode": "remove", "files": [{"path": path}]}, durable=True)
                 count = f"deleted {len(removed)} file{'s' if len(removed) != 1 else ''}" if removed else "already gone"
                 agent.operation(operation_id, "succeeded", count, {"removed": removed})
             except ModelFileError as exc:

@@ -23,6 +23,12 @@ def register(agent):
         gpus = len(profile["gpus"])
         agent.operation(operation_id, "succeeded", f"{gpus} GPU{'s' if gpus != 1 else ''} detected", {"gpus": gpus})
 
+    @agent.command(protocol.AGENT_ACK)
+    def ack(seqs):
+        """The panel applied these reports: they leave the outbox."""
+        if isinstance(seqs, list) and len(seqs) <= 10_000:
+            agent.outbox.acked([s for s in seqs if isinstance(s, int) and not isinstance(s, bool)])
+
     @agent.command(protocol.AGENT_CANCEL)
     def cancel(operation_id):
         for canceller in agent.cancellers:
