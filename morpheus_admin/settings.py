@@ -204,6 +204,8 @@ LOCAL_RIG = os.environ.get("MORPHEUS_LOCAL_RIG", "")
 RIG_BROKER_URL = os.environ.get("MORPHEUS_RIG_BROKER_URL", REDIS_URL)
 
 RECONCILE_INTERVAL = _env(envconf.env_float, "MORPHEUS_RECONCILE_INTERVAL", 60.0, minimum=1)
+# A rig unheard of for this long has the messages waiting for it dropped, and its queued operations ended.
+OFFLINE_DROP_AFTER = timedelta(hours=_env(envconf.env_float, "MORPHEUS_OFFLINE_DROP_AFTER_HOURS", 24.0, minimum=0.01))
 
 CELERY_BEAT_SCHEDULE = {
     "check-rig-status": {
@@ -231,6 +233,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "panel.prune_history",
         "schedule": 3600.0,
         "options": {"expires": 3600},
+    },
+    "drop-offline-messages": {
+        "task": "panel.drop_offline_messages",
+        "schedule": 600.0,
+        "options": {"expires": 600},
     },
 }
 

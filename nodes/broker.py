@@ -387,6 +387,20 @@ def rig_keys(client, name):
     return keys
 
 
+def drop_messages(name, url=None):
+    """Delete every message waiting for rig `name` (its queue, priority sub-queues and unacknowledged copies); its
+    account and queue bindings stay. Returns how many messages went."""
+    url = _url(url)
+    with _admin(url) as client:
+        keys = [k for k in rig_keys(client, name) if not k.startswith("_kombu.binding")]
+        lists = [k for k in keys if client.type(k) in (b"list", "list")]
+        dropped = sum(int(client.llen(k) or 0) for k in lists)
+        dropped += int(client.hlen(protocol.unacked_keys(name)["unacked_key"]) or 0)
+        if keys:
+            client.delete(*keys)
+    return dropped
+
+
 def delete_account(name, url=None):
     """Delete `rig-<name>` (Redis disconnects its clients) and every key of that rig."""
     url = _url(url)

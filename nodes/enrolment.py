@@ -32,6 +32,25 @@ def agent_command(node, token):
     )
 
 
+SYSTEMD_UNIT = "deploy/systemd/morpheus-agent@.service"
+SYSTEMD_DATA_DIR = "/var/lib/morpheus-agent"
+
+
+def systemd_commands(node, token):
+    """Install the agent as a systemd service (restarted whenever it stops; its servers outlive it), as root on the
+    GPU host, from a checkout in /opt/morpheus-admin. The token goes to a 0600 file owned by the agent's user."""
+    name, data_dir = node.name, f"{SYSTEMD_DATA_DIR}/{node.name}"
+    return "\n".join([
+        f"useradd --system --home-dir {SYSTEMD_DATA_DIR} --shell /usr/sbin/nologin morpheus 2>/dev/null; "
+        f"install -d -o morpheus -g morpheus -m 700 {SYSTEMD_DATA_DIR} {data_dir}",
+        f"(umask 077 && printf '%s\\n' {shlex.quote(token)} > {data_dir}/token) && chown morpheus: {data_dir}/token",
+        f"install -d /etc/morpheus-agent && printf 'MORPHEUS_BROKER_URL=%s\\n' {shlex.quote(rig_broker_url())}"
+        f" > /etc/morpheus-agent/{name}.env",
+        f"cp /opt/morpheus-admin/{SYSTEMD_UNIT} /etc/systemd/system/ && systemctl daemon-reload",
+        f"systemctl enable --now morpheus-agent@{name}",
+    ])
+
+
 def compose_service(node, token):
     return f"""  agent-{node.name}:
     image: morpheus-agent:latest  # built from Dockerfile.agent (CUDA toolkit for llama.cpp builds)

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from celery import shared_task, signals
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from nodes import broker, ingest, rigs
@@ -63,6 +64,34 @@ def prune_history():
     host_rows, _ = HostSample.objects.filter(minute__lt=cutoff).delete()
     status_rows, _ = StatusChange.objects.filter(at__lt=timezone.now() - settings.STATUS_CHANGE_RETENTION).delete()
     return {"gpu_samples": gpu_rows, "host_samples": host_rows, "status_changes": status_rows}
+
+
+@shared_task(name="panel.drop_offline_messages")
+def drop_offline_messages():
+    """Bounded growth: a rig unheard of for settings.OFFLINE_DROP_AFTER gets nothing waiting for it in Redis, and the
+    operations those messages carried end, saying why. It gets what it needs again once it reports (the deployment
+    reminder goes to online rigs only)."""
+    now = timezone.now()
+    cutoff = now - settings.OFFLINE_DROP_AFTER
+    hours = settings.OFFLINE_DROP_AFTER.total_seconds() / 3600
+    long_gone = Node.objects.filter(Q(last_seen__lt=cutoff) | Q(last_seen__isnull=True, created__lt=cutoff))
+    summary = {}
+    for node in long_gone.only("id", "name"):
+        ended = sum(op.apply_report(Operation.FAILED, OFFLINE_DROPPED.format(hours=f"{hours:g}"), now=now)
+                    for op in Operation.objects.filter(node=node, status=Operation.QUEUED))
+        try:
+            dropped = broker.drop_messages(node.name)
+        except Exception as exc:  # the broker is away: the next run tries again
+            log.warning("messages for offline rig %s not dropped: %s", node.name, exc)
+            continue
+        if dropped or ended:
+            log.info("rig %s offline over %g h: dropped %d waiting message(s), ended %d queued operation(s)",
+                     node.name, hours, dropped, ended)
+            summary[node.name] = {"messages": dropped, "operations": ended}
+    return summary
+
+
+OFFLINE_DROPPED = "the rig has been offline for over {hours} h: its waiting commands were dropped"
 
 
 @shared_task(name="panel.sync_broker_accounts")

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
 from nodes import broker, charts, rigs
-from nodes.enrolment import agent_command, compose_service
+from nodes.enrolment import agent_command, compose_service, systemd_commands
 from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
 from nodes.models import GPU, HardwareProfile, Node, Operation, Part
 from nodes.operations import cancel_operation, start_operation
@@ -61,6 +61,7 @@ def _enrolment_page(request, node, token, created, broker_problem):
         request,
         "nodes/enrolled.html",
         {"node": node, "command": agent_command(node, token), "compose": compose_service(node, token),
+         "systemd": systemd_commands(node, token),
          "created": created, "broker_problem": broker_problem},
     )
 

@@ -111,6 +111,8 @@ def panel_env(redis_url, db_url, **extra):
         "REDIS_URL": redis_url,
         "DATABASE_URL": db_url,
         "PYTHONUNBUFFERED": "1",
+        # Every report's "received"/"succeeded" line: wait_done reads them (the default logs one line per change).
+        "MORPHEUS_LOG_REPORTS": "1",
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -147,6 +149,9 @@ def agent(name, token, redis_url, data_dir, log_dir, fake_nvml="nodriver", inter
         "PYTHONPATH": os.pathsep.join([str(FAKES), str(ROOT)]),
         "FAKE_NVML": fake_nvml,
         "PYTHONUNBUFFERED": "1",
+        # Outcomes sent again quickly, and inventories often: every integration test exercises both.
+        "MORPHEUS_AGENT_RESEND_AFTER": "2",
+        "MORPHEUS_AGENT_INVENTORY_INTERVAL": "3",
     })
     for key in ("MORPHEUS_NODE_TOKEN", "MORPHEUS_SECRETS_KEY", "REDIS_URL"):
         env.pop(key, None)  # a rig holds its own token, nothing of the panel's

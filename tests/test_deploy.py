@@ -167,4 +167,36 @@ def test_it_renders_the_panel_the_worker_beat_and_a_gpu_rig_agent(tmp_path):
     assert web["environment"]["MORPHEUS_SECRETS_KEY"] == COMPOSE_SECRETS["MORPHEUS_SECRETS_KEY"]
     devices = agent["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
+    # Every long-running service comes back after a crash or a reboot; only the one-shot migration does not.
+    for name in ("postgres", "redis", "web", "worker", "beat", "agent"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["migrate"]["restart"] == "no"
+
+
+SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "morpheus-agent@.service"
+
+
+def unit_settings(text):
+    """Key → values of a systemd unit file (a key may repeat)."""
+    found = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_systemd_unit_restarts_the_agent_and_leaves_its_servers_running(tmp_path):
+    unit = unit_settings(SYSTEMD_UNIT.read_text())
+    assert unit["Restart"] == ["always"]
+    assert unit["KillMode"] == ["process"]  # llama-servers outlive an agent restart; the next one re-adopts them
+    assert unit["ExecStart"] == ["/opt/morpheus-admin/.venv/bin/python -m nodes.agent --node %i "
+                                 "--data-dir /var/lib/morpheus-agent/%i"]
+    assert unit["EnvironmentFile"] == ["/etc/morpheus-agent/%i.env"]  # the broker address; the token stays in a file
+    # systemd itself reads it (an instance for rig alpha, pointed at this checkout so its python exists).
+    copy = tmp_path / "morpheus-agent@alpha.service"
+    copy.write_text(SYSTEMD_UNIT.read_text().replace("/opt/morpheus-admin", str(ROOT)))
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
 

@@ -154,6 +154,11 @@ def test_it_adds_a_rig_and_shows_its_agent_command_once(operator_client):
     assert ".venv/bin/python -m nodes.agent --broker redis://" in content
     assert "--node rig-01 --data-dir" in content
     assert "@" not in content[content.index("--broker"):].split()[1]
+    systemd = content[content.index('id="systemd-commands"'):content.index('id="compose-service"')]
+    assert f"(umask 077 && printf '%s\\n' {token} > /var/lib/morpheus-agent/rig-01/token)" in systemd
+    assert "morpheus-agent@.service /etc/systemd/system/" in systemd
+    assert "systemctl enable --now morpheus-agent@rig-01" in systemd
+    assert "MORPHEUS_BROKER_URL=%s" in systemd and "@" not in systemd.split("MORPHEUS_BROKER_URL=%s\\n' ")[1].split()[0]
     compose = content[content.index('id="compose-service"'):]
     assert "agent-rig-01:" in compose
     assert f'MORPHEUS_NODE_TOKEN: "{token}"' in compose

@@ -146,11 +146,11 @@ class Agent:
         return self.cfg.state_dir / "done" / str(int(operation_id))
 
     # --- reports out -----------------------------------------------------------------------------
-    def send(self, kind, payload, expires=None, durable=False):
+    def send(self, kind, payload, expires=None, durable=False, seq=None):
         """Report to the panel. Never raises: a `durable` report (an outcome, a state change) is kept in the outbox
         and sent again until the panel acknowledges it; any other (telemetry, progress) is best-effort — lost if
         the broker is away, and the work goes on. Returns whether it was published now."""
-        seq = self.sequence.next()
+        seq = self.sequence.next() if seq is None else seq
         if durable:
             self.outbox.put(kind, payload, seq)
             return True
@@ -196,6 +196,9 @@ class Agent:
     def publish_inventory(self, boot=False):
         """What this rig has: the panel ends any running operation of this rig that is not listed here and whose
         last report came before this one (lost with an agent restart, or its outcome never sent)."""
+        # Numbered before it is made: an operation picked up meanwhile has a higher number than it, and is not
+        # taken for lost for being missing from it.
+        seq = self.sequence.next()
         supervisor = getattr(self, "supervisor", None)
         payload = {
             "boot": boot,
@@ -204,7 +207,7 @@ class Agent:
             "deployments": supervisor.snapshot() if supervisor is not None else [],
             "outbox": len(self.outbox),
         }
-        self.send(protocol.INVENTORY, payload, expires=max(60.0, 2 * self.cfg.inventory_interval))
+        self.send(protocol.INVENTORY, payload, expires=max(60.0, 2 * self.cfg.inventory_interval), seq=seq)
 
     def publish_hardware(self, boot=False):
         profile = probe_hardware(self.cfg.data_dir)
