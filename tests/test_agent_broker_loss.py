@@ -273,6 +273,28 @@ def test_a_launch_through_a_broker_restart_ends_right_and_the_server_stays_up(br
         stop_llama_servers_under(tmp_path)
 
 
+def test_a_build_through_a_broker_restart_ends_right(broker, start_agent, operator_client):
+    """Redis killed while llama.cpp compiles (the compiler cache of the other build tests makes it short): the build
+    goes on, its outcome arrives once Redis is back, and the rig's default build is ready."""
+    from hosting.models import Build
+    from tests import llama
+
+    node, token = make_node("alpha")
+    agent = start_agent("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
+    operator_client.post("/rigs/alpha/builds/", {"build-source": str(llama.source_repo()), "build-ref": llama.TAG,
+                                                 "build-backend": "auto", "build-options": "LLAMA_CURL=OFF"})
+    build = Build.objects.get(node=node)
+    wait_until(lambda: "compile" in Operation.objects.get(pk=build.operation_id).message, timeout=300,
+               message="the compile step")
+    back = outage(broker)
+    assert_survived(agent, "alpha", back)
+    op = wait_until(lambda: (o := Operation.objects.get(pk=build.operation_id)).is_terminal and o, timeout=1200,
+                    message="the build to end")
+    assert op.status == Operation.SUCCEEDED, op.message + op.log_tail[-2000:]
+    assert Build.objects.get(pk=build.pk).status == Build.READY
+    assert count(agent, protocol.AGENT_BUILD_LLAMA, "received") == 1
+
+
 # A bare worker with the agent's Celery settings, remote control on (a second channel on the consumer connection,
 # as the panel worker has), and the fix installed as the agent installs it.
 WORKER = """
