@@ -4,6 +4,7 @@ They carry only that rig's credentials: the broker address without the panel's a
 its own rig account, from its token) and the token, written to a 0600 file rather than put on a command line.
 """
 
+import ipaddress
 import shlex
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +22,17 @@ def rig_broker_url():
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def broker_is_loopback():
+    """Whether rigs are given a loopback broker address, which only an agent on the panel's own machine reaches."""
+    host = (urlsplit(settings.RIG_BROKER_URL).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def agent_command(node, token):
@@ -52,9 +64,15 @@ def systemd_commands(node, token):
 
 
 def compose_service(node, token):
+    loopback = """
+    # The broker address below is a loopback one: from a container it is reachable only on the host's own network,
+    # and only on the panel's machine. For a rig elsewhere, remove network_mode and put an address that rig can
+    # reach in MORPHEUS_BROKER_URL (set it as MORPHEUS_RIG_BROKER_URL on the panel to have it printed here).
+    network_mode: host""" if broker_is_loopback() else ""
     return f"""  agent-{node.name}:
     image: morpheus-agent:latest  # built from Dockerfile.agent (CUDA toolkit for llama.cpp builds)
-    command: ["python", "-m", "nodes.agent", "--node", "{node.name}", "--data-dir", "{CONTAINER_DATA_DIR}"]
+    # "python" is the image's virtualenv (/opt/venv/bin is first on its PATH).
+    command: ["python", "-m", "nodes.agent", "--node", "{node.name}", "--data-dir", "{CONTAINER_DATA_DIR}"]{loopback}
     environment:
       MORPHEUS_BROKER_URL: "{rig_broker_url()}"
       MORPHEUS_NODE_TOKEN: "{token}"

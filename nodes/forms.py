@@ -9,6 +9,8 @@ class NodeForm(forms.ModelForm):
         model = Node
         fields = ["name", "notes"]
         widgets = {"notes": forms.Textarea(attrs={"rows": 3})}
+        # The model is Node; the provider knows it as a rig (Django would say "Node with this Name already exists.").
+        error_messages = {"name": {"unique": "A rig with this name already exists."}}
 
     def clean_name(self):
         return self.cleaned_data["name"].strip()
@@ -24,6 +26,7 @@ class ProfileForm(forms.ModelForm):
         model = HardwareProfile
         fields = ["name", "notes", "planned_ram_gb", "planned_vram_gb"]
         widgets = {"notes": forms.Textarea(attrs={"rows": 3})}
+        error_messages = {"name": {"unique": "A planned build with this name already exists."}}
 
 
 PartFormSet = inlineformset_factory(

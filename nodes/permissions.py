@@ -18,6 +18,10 @@ def is_operator(user):
     return cached
 
 
+# Shown to the viewer on the 403 page (templates/403.html), so it says what to do rather than what failed.
+VIEWER_REFUSAL = "Viewers can look but not change anything: ask an operator."
+
+
 def require_operator(request):
     if not is_operator(request.user):
-        raise PermissionDenied("Viewers can look but not act.")
+        raise PermissionDenied(VIEWER_REFUSAL)
