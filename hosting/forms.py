@@ -8,7 +8,10 @@ from nodes.agent import builder, serverspec
 class BuildForm(forms.Form):
     source = forms.CharField(max_length=500, initial=builder.DEFAULT_SOURCE,
                              help_text="A git URL, or the absolute path of a git folder on the rig")
-    ref = forms.CharField(max_length=100, initial=builder.DEFAULT_REF, help_text="Tag, branch or commit")
+    ref = forms.CharField(max_length=100, required=False,
+                          widget=forms.TextInput(attrs={"placeholder": f"{builder.DEFAULT_REF}, or HEAD for a folder"}),
+                          help_text=f"Tag, branch or commit. Empty: {builder.DEFAULT_REF} (the tested release) from a "
+                                    "git URL; HEAD (the commit the folder has checked out) from a local folder")
     backend = forms.ChoiceField(choices=Build.BACKENDS, initial="auto")
     options = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
                               help_text="Extra CMake options, one NAME=VALUE per line, from: "
@@ -18,7 +21,14 @@ class BuildForm(forms.Form):
         return _check(builder.check_source, self.cleaned_data["source"])
 
     def clean_ref(self):
-        return _check(builder.check_ref, self.cleaned_data["ref"])
+        ref = self.cleaned_data["ref"].strip()
+        return _check(builder.check_ref, ref) if ref else ""
+
+    def clean(self):
+        data = super().clean()
+        if data.get("source") and "ref" in data and not data["ref"]:
+            data["ref"] = builder.default_ref(data["source"])  # a local folder rarely holds the official tag
+        return data
 
     def clean_options(self):
         options = {}
@@ -42,7 +52,11 @@ class AdoptForm(forms.Form):
     path = forms.CharField(max_length=1000, label="llama-server path",
                            help_text="e.g. /home/me/llama.cpp/build/bin/llama-server")
 
+    def clean_path(self):
+        return _check(builder.check_server_path, self.cleaned_data["path"])
 
+
+CTX_HELP = "Shared by the parallel slots: each slot gets context ÷ parallel tokens"
 API_KEY_HELP = ("Needed on any host but 127.0.0.1; clients send it as a Bearer token. It is kept in a file on the rig, "
                 "not on the command line.")
 
@@ -64,10 +78,16 @@ class DeploymentForm(forms.ModelForm):
     def __init__(self, *args, node, **kwargs):
         super().__init__(*args, **kwargs)
         self.node = node
+        self.warnings = []  # saved anyway; the view shows them
         self.fields["model_file"].queryset = RigFile.objects.filter(node=node)
         self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
         self.fields["model_file"].label = "Model file on this rig"
         self.fields["model_file"].label_from_instance = lambda rig_file: rig_file.path  # not "<node id>:<path>"
+        self.fields["ctx_size"].help_text = CTX_HELP
+        chosen = self.instance.model_file if self.instance.pk else self.initial.get("model_file")
+        trained = trained_context(chosen) if isinstance(chosen, RigFile) else None
+        if trained:
+            self.fields["ctx_size"].help_text += f"; {chosen.basename} was trained on {trained} tokens"
         if self.instance.pk:
             self.fields["extra_flags_text"].initial = "\n".join(self.instance.extra_flags or [])
         self.key_set = bool(self.instance.pk and self.instance.api_key)
@@ -101,6 +121,10 @@ class DeploymentForm(forms.ModelForm):
         if others.exists():
             self.add_error("port", f"port {data['port']} is taken by {others.first().name} on this rig")
             return data  # add_error dropped "port" from the cleaned data: the spec check below cannot run
+        if data.get("port") in listening_ports(self.node) and not self._own_server_listens(data["port"]):
+            self.add_error("port", f"port {data['port']} is in use on {self.node.name}: another program listens on "
+                                   f"it; choose another, e.g. {suggest_port(self.node)}")
+            return data
         build = data.get("build")
         model_file = data.get("model_file")
         if build is None or model_file is None:
@@ -116,7 +140,28 @@ class DeploymentForm(forms.ModelForm):
             )
         except serverspec.SpecError as exc:
             raise forms.ValidationError(str(exc)) from None
+        self.warnings = self._warnings(data, model_file)
         return data
+
+    def _own_server_listens(self, port):
+        """The rig reports this deployment's own running server on its saved port: keeping that port is fine."""
+        if self.instance.pk is None:
+            return False
+        saved = Deployment.objects.filter(pk=self.instance.pk).values_list("port", "actual_state").first()
+        return saved is not None and saved[0] == port and saved[1] in ("pending", "starting", "loading", "healthy")
+
+    def _warnings(self, data, model_file):
+        warnings = []
+        trained = trained_context(model_file)
+        per_slot = data["ctx_size"] // data["parallel"]
+        if trained and per_slot > trained:
+            warnings.append(f"Each of the {data['parallel']} parallel slots gets {per_slot} tokens of context, more "
+                            f"than the {trained} {model_file.basename} was trained on: llama-server warns of a "
+                            "training context overflow and answers past that length may degrade.")
+        if data["n_gpu_layers"] and has_no_gpus(self.node):
+            warnings.append(f"{self.node.name} reports no GPU: llama-server ignores --n-gpu-layers "
+                            f"{data['n_gpu_layers']} there and runs on the CPU.")
+        return warnings
 
     def save(self, commit=True):
         deployment = super().save(commit=False)
@@ -131,9 +176,45 @@ class DeploymentForm(forms.ModelForm):
         return deployment
 
 
+def listening_ports(node):
+    """TCP ports the rig last reported a program listening on (its telemetry); empty when it never said."""
+    ports = (node.host_reading or {}).get("listening_ports") or []
+    return {port for port in ports if isinstance(port, int)}
+
+
 def suggest_port(node, start=8080):
-    taken = set(Deployment.objects.filter(node=node).values_list("port", flat=True))
+    """The first port from `start` that neither a deployment of the rig nor a program on it holds."""
+    taken = set(Deployment.objects.filter(node=node).values_list("port", flat=True)) | listening_ports(node)
     port = start
-    while port in taken:
+    while port in taken and port < 65535:
         port += 1
     return port
+
+
+def has_no_gpus(node):
+    """The rig's hardware report lists no GPU (not: it has not reported yet)."""
+    hardware = node.hardware or {}
+    return "gpus" in hardware and not hardware["gpus"]
+
+
+def trained_context(rig_file):
+    """The context length the model was trained on, from its GGUF header; None when unknown."""
+    if rig_file is None:
+        return None
+    for facts in (rig_file.facts, rig_file.model_file.facts if rig_file.model_file_id else None):
+        value = (facts or {}).get("context_length")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def suggested_settings(node, rig_file=None):
+    """The seed guide's single-GPU values, fitted to the rig (no GPU: no GPU layers) and the model (each parallel
+    slot within the context it was trained on)."""
+    settings = {key: value for key, value in serverspec.PRESETS["seed-single-gpu"].items() if key != "label"}
+    if has_no_gpus(node):
+        settings["n_gpu_layers"] = 0
+    trained = trained_context(rig_file)
+    if trained:
+        settings["ctx_size"] = max(256, min(settings["ctx_size"], trained * settings["parallel"]))
+    return settings

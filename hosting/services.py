@@ -34,9 +34,10 @@ def start_build(node, user, source, ref, backend="auto", options=None):
 
 
 def adopt_build(node, user, path):
-    path = (path or "").strip()
-    if not path.startswith("/") or "\x00" in path or "/../" in path or not path.rsplit("/", 1)[-1].startswith("llama-server"):
-        raise Refused("give the absolute path of an existing llama-server binary on the rig")
+    try:
+        path = builder.check_server_path(path)
+    except builder.BuildError as exc:
+        raise Refused(str(exc)) from None
     with transaction.atomic():
         build = Build.objects.create(node=node, source=path, ref="", backend="auto", adopted=True,
                                      binary_path=path)

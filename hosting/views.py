@@ -10,10 +10,10 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
 from hosting import services
-from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port
+from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port, suggested_settings
 from hosting.models import Build, Deployment
 from nodes import reauth
-from nodes.agent import builder, serverspec
+from nodes.agent import builder
 from nodes.models import Node
 from nodes.permissions import require_operator
 
@@ -35,6 +35,10 @@ def rig_builds(request, name):
                 messages.error(request, f"Not started: {exc}")
             else:
                 return redirect(build)
+    return _builds_page(request, node, form, adopt)
+
+
+def _builds_page(request, node, form, adopt):
     builds = node.builds.select_related("operation")
     return render(request, "hosting/rig_builds.html", {"node": node, "builds": builds, "form": form, "adopt": adopt})
 
@@ -45,15 +49,16 @@ def rig_builds(request, name):
 def rig_adopt(request, name):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
-    form = AdoptForm(request.POST, prefix="adopt")
-    if form.is_valid():
+    adopt = AdoptForm(request.POST, prefix="adopt")
+    if adopt.is_valid():
         try:
-            build = services.adopt_build(node, request.user, form.cleaned_data["path"])
+            build = services.adopt_build(node, request.user, adopt.cleaned_data["path"])
         except services.Refused as exc:
-            messages.error(request, str(exc))
+            adopt.add_error("path", str(exc))
         else:
             return redirect(build)
-    return redirect("rig_builds", name=name)
+    # The builds page again with the typed path and why it was refused, not an emptied form.
+    return _builds_page(request, node, BuildForm(None, prefix="build"), adopt)
 
 
 @login_required
@@ -115,15 +120,19 @@ def deployment_edit(request, name, pk=None):
     initial = {}
     if instance is None:
         default_build = node.builds.filter(status=Build.READY, is_default=True).first()
-        # The seed's single-GPU values fill the fields; a preset left selected would overwrite what the provider types.
-        seed = {key: value for key, value in serverspec.PRESETS["seed-single-gpu"].items() if key != "label"}
-        initial = {"port": suggest_port(node), "build": default_build, **seed}
+        model_files = list(node.model_files.all()[:2])
+        only_file = model_files[0] if len(model_files) == 1 else None
+        # Values fill the fields rather than a preset left selected, which would overwrite what the provider types.
+        initial = {"port": suggest_port(node), "build": default_build, "model_file": only_file,
+                   **suggested_settings(node, only_file)}
     form = DeploymentForm(request.POST or None, node=node, instance=instance, initial=initial)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             deployment = form.save()
             deployment.created_by = deployment.created_by or request.user
             deployment.save(update_fields=["created_by"])
+            for warning in form.warnings:
+                messages.warning(request, warning)
             try:
                 operation = services.set_desired(deployment, "launch" if instance is None else "restart", request.user)
             except services.Refused as exc:

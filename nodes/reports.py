@@ -6,6 +6,7 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 import json
 import math
 
+from nodes.agent.probe import MAX_LISTENING_PORTS
 from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
 
 TiB = 1024**4
@@ -122,6 +123,11 @@ def clean_telemetry(payload):
         },
         "gpus": [],
     }
+    if host.get("listening_ports") is not None:  # absent: the rig could not tell
+        ports = _list(host, "listening_ports", max_len=MAX_LISTENING_PORTS)
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
+            raise ReportError("listening_ports must be a list of TCP ports (1..65535)")
+        clean["host"]["listening_ports"] = sorted(set(ports))
     for gpu in _list(payload, "gpus"):
         if not isinstance(gpu, dict):
             raise ReportError("each GPU reading must be an object")

@@ -109,7 +109,7 @@ def test_it_samples_every_telemetry_field(fake_nvml, tmp_path):
 
     for reading in (first, second):
         assert set(reading) == {"at", "host", "gpus"}
-        assert set(reading["host"]) == {"cpu_percent", "ram_used", "ram_total", "disk_free"}
+        assert set(reading["host"]) == {"cpu_percent", "ram_used", "ram_total", "disk_free", "listening_ports"}
         assert all(value is not None for value in reading["host"].values())
         assert [gpu["index"] for gpu in reading["gpus"]] == [0, 1]
         for gpu in reading["gpus"]:

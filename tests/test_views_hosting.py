@@ -178,10 +178,14 @@ def test_it_adopts_an_existing_llama_server_after_the_rig_checks_it(operator_cli
                                             "/home/me/llama.cpp/build/bin/llama-server")
 
 
-@pytest.mark.parametrize("path", ["llama-server", "/home/me/../../bin/sh", "/usr/bin/python3"])
-def test_it_refuses_to_adopt_anything_but_an_absolute_llama_server_path(operator_client, alpha, path):
+@pytest.mark.parametrize("path, error", [
+    ("llama-server", "'llama-server' is not a plain absolute path"),
+    ("/home/me/../../bin/sh", "'/home/me/../../bin/sh' is not a plain absolute path"),
+    ("/usr/bin/python3", "/usr/bin/python3 is not a llama-server: its name is 'python3'"),
+])
+def test_it_refuses_to_adopt_anything_but_an_absolute_llama_server_path(operator_client, alpha, path, error):
     response = operator_client.post("/rigs/alpha/builds/adopt/", {"adopt-path": path}, follow=True)
-    assert "give the absolute path of an existing llama-server binary" in page(response)
+    assert error in page(response)
     assert not Build.objects.exists()
 
 
@@ -245,7 +249,8 @@ def test_it_offers_a_free_port_the_default_build_and_the_seed_values(operator_cl
     form = response.context["form"]
     assert form["port"].value() == 8081  # 8080 is taken by "tiny"
     assert form["build"].value() == ready_build.pk
-    assert (form["ctx_size"].value(), form["n_gpu_layers"].value(), form["parallel"].value()) == (8192, 99, 4)
+    # alpha has no GPU: no GPU layers (tests/test_issue9_hosting.py has a rig with GPUs).
+    assert (form["ctx_size"].value(), form["n_gpu_layers"].value(), form["parallel"].value()) == (8192, 0, 4)
 
 
 def test_it_hosts_a_model_and_sends_the_launch_to_the_rig(operator_client, operator, alpha, ready_build, rig_file,

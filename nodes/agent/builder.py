@@ -19,6 +19,10 @@ from .childenv import child_environment
 DEFAULT_SOURCE = "https://github.com/ggml-org/llama.cpp"
 # The release the panel offers by default (the llama.cpp tree the tests build is this commit).
 DEFAULT_REF = "b6680"
+# The source's own HEAD: for a local folder, the commit it has checked out (a branch's tip or a detached commit).
+SOURCE_HEAD = "HEAD"
+# Where the mirror keeps the source's HEAD it last fetched (a mirror's own HEAD is fixed when it is cloned).
+_MIRRORED_HEAD = "refs/morpheus/source-head"
 
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 URL_RE = re.compile(r"^(https://|ssh://|git@)[A-Za-z0-9.@:/_~+-]+$")
@@ -67,6 +71,23 @@ def check_source(source):
     if not URL_RE.match(source) or ".." in source:
         raise BuildError(f"{source!r} is not a git URL (https://…, ssh://… or git@host:path) nor an absolute path")
     return source
+
+
+def default_ref(source):
+    """A local folder builds what it has checked out; a git URL, the tested release."""
+    return SOURCE_HEAD if source.startswith("/") else DEFAULT_REF
+
+
+def check_server_path(path):
+    """The path of a llama-server binary to adopt, as far as it can be told without looking at the rig."""
+    path = (path or "").strip()
+    if not path.startswith("/") or any(c < " " for c in path) or ".." in Path(path).parts:
+        raise BuildError(f"{path!r} is not a plain absolute path: give the full path of a llama-server binary "
+                         "on the rig")
+    name = path.rsplit("/", 1)[-1]
+    if not name.startswith("llama-server"):
+        raise BuildError(f"{path} is not a llama-server: its name is {name!r}, not llama-server…")
+    return path
 
 
 def check_options(options):
@@ -127,6 +148,8 @@ def build_command(build_dir, jobs):
 
 def server_version(binary, timeout=20):
     """What `llama-server --version` says, checking that the binary runs at all."""
+    if os.path.isfile(binary) and not os.access(binary, os.X_OK):
+        raise BuildError(f"{binary} is not executable")
     try:
         proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
                               env=child_environment())
@@ -242,9 +265,15 @@ class Builder:
         else:
             log.stage("clone", request.source)
             self._git(["git", "clone", "--mirror", "--", request.source, str(mirror)], log)
+        ref = request.ref
+        if ref == SOURCE_HEAD:
+            # The mirror's own HEAD stays where it was at clone time: ask the source for its HEAD now.
+            self._git(["git", "-C", str(mirror), "fetch", "--quiet", "origin", f"+HEAD:{_MIRRORED_HEAD}"], log)
+            ref = self._git(["git", "-C", str(mirror), "rev-parse", "--verify", f"{_MIRRORED_HEAD}^{{commit}}"],
+                            log).strip()
         self._git(["git", "clone", "--quiet", "--no-checkout", "--", str(mirror), str(src)], log)
-        log.stage("checkout", request.ref)
-        self._git(["git", "-C", str(src), "checkout", "--quiet", "--detach", request.ref, "--"], log)
+        log.stage("checkout", request.ref if ref == request.ref else f"{request.ref} ({ref[:12]})")
+        self._git(["git", "-C", str(src), "checkout", "--quiet", "--detach", ref, "--"], log)
 
     def _git(self, args, log):
         try:

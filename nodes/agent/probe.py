@@ -13,6 +13,11 @@ import psutil
 
 log = logging.getLogger(__name__)
 
+# The panel suggests and checks deployment ports against these; a rig running hundreds of services needs no more.
+MAX_LISTENING_PORTS = 512
+PROC_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+_TCP_LISTEN = "0A"  # the kernel's TCP_LISTEN state, as /proc/net/tcp writes it
+
 
 def _load_nvml():
     try:
@@ -129,6 +134,46 @@ def _shutdown(nvml):
         log.debug("nvmlShutdown failed", exc_info=True)
 
 
+def listening_ports(proc_files=None, limit=MAX_LISTENING_PORTS):
+    """TCP ports something listens on here, sorted, at most `limit`; None when this host will not say.
+
+    /proc/net/tcp{,6} needs no privilege and no walk through every process's file descriptors (psutil's way)."""
+    ports, readable = set(), False
+    for name in proc_files or PROC_TCP:
+        try:
+            with open(name, encoding="ascii", errors="replace") as fh:
+                readable = True
+                next(fh, None)  # the header line
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+                        ports.add(_port(fields[1]))
+        except OSError:
+            continue
+    if not readable:
+        ports = _psutil_listening_ports()
+        if ports is None:
+            return None
+    return sorted(port for port in ports if port)[:limit]
+
+
+def _port(address):
+    try:
+        port = int(address.rsplit(":", 1)[1], 16)
+    except (IndexError, ValueError):
+        return None
+    return port if 1 <= port <= 65535 else None
+
+
+def _psutil_listening_ports():
+    """Hosts without /proc (macOS asks for root here): psutil, or None when it is refused."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError, NotImplementedError):
+        return None
+    return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN and c.laddr}
+
+
 class TelemetrySampler:
     """Keeps NVML open between samples (init costs milliseconds); re-opens it after an error."""
 
@@ -167,6 +212,9 @@ class TelemetrySampler:
             },
             "gpus": [],
         }
+        ports = listening_ports()
+        if ports is not None:
+            reading["host"]["listening_ports"] = ports
         nvml = self._open()
         if nvml is None:
             return reading
