@@ -31,11 +31,12 @@ def add_rigs(first, count, now):
     hardware = _django.hardware_payload(GPUS_PER_RIG)
     rigs = []
     for i in range(first, first + count):
-        # Mostly online, some stale or offline, as on a real fleet.
-        age = 900 if i % 23 == 0 else 15 if i % 11 == 0 else i % 5
+        # Mostly online, some stale or offline, as on a real fleet; statuses hold for the whole run (a minute's
+        # interval), so a refresh sees only the changes the benchmark makes.
+        age = 900 if i % 23 == 0 else 150 if i % 11 == 0 else i % 5
         rigs.append(Node(
             name=f"rig-{i:04d}", token=f"token-{i:04d}-" + "x" * 32, last_seen=now - timedelta(seconds=age),
-            last_status=Node.ONLINE, telemetry_interval=5.0, hardware=hardware, hardware_at=now,
+            last_status=Node.ONLINE, telemetry_interval=60.0, hardware=hardware, hardware_at=now,
             host_reading={"cpu_percent": float(i % 100), "ram_used": 20 * _django.GiB, "disk_free": 10**11,
                           "at": now.isoformat()},
             profile=template if i % 2 else None,
@@ -71,12 +72,30 @@ def operator_client():
 
 
 PAGES = {"full page": {}, "htmx partial": {"HX-Request": "true"}}
+CHANGED = 5  # rigs whose readings change between two refreshes in the "refresh" rows
 
 
-def render(client, headers):
+def render(client, headers, status=200):
     response = client.get("/", headers=headers)
-    assert response.status_code == 200, response.status_code
+    assert response.status_code == status, response.status_code
     return response
+
+
+def shown_header(body):
+    """The X-Rig-Cards header the dashboard's script sends for a page holding `body`."""
+    import re
+
+    text = body.decode()
+    names = re.search(r'id="rig-names" data-hash="([0-9a-f]+)"', text).group(1)
+    return names + ":" + "".join(re.findall(r'data-fp="([0-9a-f]+)"', text))
+
+
+def change_some_rigs(count):
+    """New readings on `count` rigs (first GPU's utilisation), as their next telemetry would bring."""
+    from nodes.models import GPU
+
+    for gpu in GPU.objects.filter(index=0).order_by("node__name")[:count]:
+        GPU.objects.filter(pk=gpu.pk).update(util=((gpu.util or 0) + 37) % 101)
 
 
 def measure(client, rigs, renders):
@@ -84,13 +103,20 @@ def measure(client, rigs, renders):
     from django.test.utils import CaptureQueriesContext
 
     rows = {}
-    for page, headers in PAGES.items():
+    for page, headers in {**PAGES, f"refresh, {CHANGED} changed": None}.items():
+        if headers is None:
+            # What a refresh of an open tab costs: the cards as the browser shows them (the header
+            # static/js/dashboard.js sends with each poll), then 5 rigs' new readings.
+            headers = {"HX-Request": "true", "X-Rig-Cards": shown_header(render(client, PAGES["full page"]).content)}
+            change_some_rigs(CHANGED)
         with CaptureQueriesContext(connection) as captured:
             response = render(client, headers)
         # Read now: the next request's request_started signal empties the connection's query log.
         sql = [q["sql"] for q in captured.captured_queries]
         body = response.content
-        assert body.count(b'data-gpu="') == rigs * GPUS_PER_RIG, "not every GPU was rendered"
+        expected = min(CHANGED, rigs) if page.startswith("refresh") else rigs
+        rendered = body.count(b'data-gpu="')
+        assert rendered == expected * GPUS_PER_RIG, f"{page}: {rendered} GPUs rendered, not {expected * GPUS_PER_RIG}"
         times, cpu = [], []
         for _ in range(renders):
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -107,6 +133,18 @@ def measure(client, rigs, renders):
             "kb": len(body) / 1024,
             "sql": sql,
         }
+    # Nothing changed since the last refresh: the answer is 204, no body.
+    unchanged = {"HX-Request": "true", "X-Rig-Cards": shown_header(render(client, PAGES["full page"]).content)}
+    times = []
+    for _ in range(renders):
+        start = time.perf_counter()
+        render(client, unchanged, status=204)
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    rows["refresh, none changed"] = {"queries": rows[f"refresh, {CHANGED} changed"]["queries"], "min": times[0],
+                                     "median": statistics.median(times),
+                                     "p95": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
+                                     "cpu": float("nan"), "kb": 0.0, "sql": []}
     return rows
 
 
@@ -150,10 +188,10 @@ def main(argv=None):
             made = size
             results[size] = measure(client, size, args.renders)
 
-        print(f"\n{'rigs':>5} {'GPUs':>5}  {'page':<13} {'queries':>7} {'min ms':>7} {'median ms':>10} {'p95 ms':>8} {'CPU ms':>7} {'KB':>7}")
+        print(f"\n{'rigs':>5} {'GPUs':>5}  {'page':<22} {'queries':>7} {'min ms':>7} {'median ms':>10} {'p95 ms':>8} {'CPU ms':>7} {'KB':>7}")
         for size in sizes:
             for page, row in results[size].items():
-                print(f"{size:>5} {size * GPUS_PER_RIG:>5}  {page:<13} {row['queries']:>7} {row['min']:>7.1f} {row['median']:>10.1f}"
+                print(f"{size:>5} {size * GPUS_PER_RIG:>5}  {page:<22} {row['queries']:>7} {row['min']:>7.1f} {row['median']:>10.1f}"
                       f" {row['p95']:>8.1f} {row['cpu']:>7.1f} {row['kb']:>7.0f}")
         small, large = sizes[0], sizes[-1]
         for page in PAGES:

@@ -180,7 +180,8 @@ class GPU(models.Model):
     def __str__(self):
         return f"{self.node_id} GPU{self.index} {self.name}"
 
-    def percent(self, value, total):
+    @staticmethod
+    def percent(value, total):
         if value is None or not total:
             return 0
         return max(0, min(100, round(100 * value / total)))
@@ -205,14 +206,21 @@ class GPU(models.Model):
     def _fmt(value, unit, digits=0):
         return "–" if value is None else f"{value:.{digits}f}{unit}"
 
+    @classmethod
+    def _vram_text(cls, used, total):
+        return f"{cls._fmt(None if used is None else used / 1024**3, '', 1)} / {total / 1024**3:.0f} GiB"
+
+    @classmethod
+    def _power_text(cls, power, limit):
+        return f"{cls._fmt(power, '')} / {cls._fmt(limit, ' W')}"
+
     @property
     def util_text(self):
         return self._fmt(self.util, "%")
 
     @property
     def vram_text(self):
-        used = None if self.vram_used is None else self.vram_used / 1024**3
-        return f"{self._fmt(used, '', 1)} / {self.vram_total / 1024**3:.0f} GiB"
+        return self._vram_text(self.vram_used, self.vram_total)
 
     @property
     def temp_text(self):
@@ -220,7 +228,23 @@ class GPU(models.Model):
 
     @property
     def power_text(self):
-        return f"{self._fmt(self.power_w, '')} / {self._fmt(self.power_limit_w, ' W')}"
+        return self._power_text(self.power_w, self.power_limit_w)
+
+    BAR_FIELDS = ("util", "vram_used", "vram_total", "temp_c", "power_w", "power_limit_w")
+
+    @classmethod
+    def bars_for(cls, util, vram_used, vram_total, temp_c, power_w, power_limit_w):
+        """(label, percent, text) of the four dashboard bars, from the readings (BAR_FIELDS) alone: the dashboard
+        fingerprints cards from rows without building a model per GPU."""
+        fmt, pct = cls._fmt, cls.percent
+        return (("util", pct(util, 100), fmt(util, "%")),
+                ("VRAM", pct(vram_used, vram_total), cls._vram_text(vram_used, vram_total)),
+                ("temp", pct(temp_c, 100), fmt(temp_c, " °C")),
+                ("power", pct(power_w, power_limit_w), cls._power_text(power_w, power_limit_w)))
+
+    @property
+    def bars(self):
+        return self.bars_for(*(getattr(self, name) for name in self.BAR_FIELDS))
 
 
 class GpuSample(models.Model):

@@ -1,59 +1,40 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.db.models import Prefetch
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.utils.html import escape
-from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
-from nodes import broker, charts, rigs
+from nodes import broker, cards, charts, rigs
 from nodes.enrolment import agent_command, compose_service, systemd_commands
 from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
-from nodes.models import GPU, HardwareProfile, Node, Operation, Part
+from nodes.models import HardwareProfile, Node, Operation
 from nodes.operations import cancel_operation, start_operation
 from nodes.permissions import require_operator
 from nodes.reauth import require_recent_password
 
 
-def _nodes_for_dashboard():
-    # The token is sealed: opening 200 of them per poll would cost time for nothing shown.
-    return Node.objects.defer("token").select_related("profile").prefetch_related(
-        # A plain list: `node.gpus.all()` on a prefetched manager still clones a queryset, 200 times a poll.
-        Prefetch("gpus", queryset=GPU.objects.order_by("index"), to_attr="gpu_list"),
-        Prefetch("profile__parts", queryset=Part.objects.all()),
-    )
-
-
-# Built here, not as four template includes per GPU: at 200 rigs × 8 GPUs the includes were ~40% of each poll.
-_BAR = ('<div class="bar" title="{label}: {text}"><span class="bar-label">{label}</span><span class="bar-track">'
-        '<span class="bar-fill{level}" style="width: {pct}%"></span></span><span class="bar-text">{text}</span></div>')
-
-
-def gpu_bars_html(gpu):
-    """Utilisation, VRAM, temperature and power bars of one GPU card (labels are constants, text is escaped)."""
-    bars = (("util", gpu.util_percent, gpu.util_text), ("VRAM", gpu.vram_percent, gpu.vram_text),
-            ("temp", gpu.temp_percent, gpu.temp_text), ("power", gpu.power_percent, gpu.power_text))
-    return mark_safe("\n".join(
-        _BAR.format(label=label, pct=int(pct), text=escape(text),
-                    level=" hot" if pct >= 90 else " warm" if pct >= 75 else "")
-        for label, pct, text in bars
-    ))
-
-
 @login_required
 def dashboard(request):
-    nodes = list(_nodes_for_dashboard())
-    for node in nodes:
-        for gpu in node.gpu_list:
-            gpu.bars_html = gpu_bars_html(gpu)
-    context = {"nodes": nodes, "now": timezone.now()}
-    if request.htmx:
-        return render(request, "nodes/dashboard.html#cards", context)
-    return render(request, "nodes/dashboard.html", context)
+    """The rig cards. A refresh (htmx) gets only the cards whose content changed, or 204 (nodes/cards.py)."""
+    now = timezone.now()
+    shown = cards.shown_by_browser(request.headers.get(cards.HEADER)) if request.htmx else None
+    if shown is not None:
+        nodes = cards.fingerprints(now)
+        changed = cards.changed(nodes, shown)
+        if changed == []:
+            return HttpResponse(status=204)  # htmx swaps nothing
+        if changed is not None:
+            response = HttpResponse(cards.cards_html(cards.render_ready(changed), oob=True))
+            response["HX-Reswap"] = "none"  # the cards swap themselves (out of band); the list stays
+            return response
+    # The page, the first poll, or rigs added or removed since: every card.
+    nodes = cards.cards(now)
+    context = {"nodes": nodes, "cards_html": cards.cards_html(nodes),
+               "names_hash": cards.names_hash([node.name for node in nodes])}
+    return render(request, "nodes/dashboard.html#cards" if request.htmx else "nodes/dashboard.html", context)
 
 
 def _enrolment_page(request, node, token, created, broker_problem):

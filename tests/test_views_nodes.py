@@ -130,6 +130,65 @@ def test_it_answers_the_dashboards_poll_with_just_the_cards(operator_client):
         assert outside not in content
 
 
+def shown(content):
+    """The X-Rig-Cards header static/js/dashboard.js sends for a page holding `content`."""
+    names = re.search(r'id="rig-names" data-hash="([0-9a-f]+)"', content).group(1)
+    return names + ":" + "".join(re.findall(r'data-fp="([0-9a-f]+)"', content))
+
+
+def refresh(client, header):
+    return client.get("/", HTTP_X_RIG_CARDS=header, **HTMX)
+
+
+def test_a_refresh_sends_only_the_cards_that_changed_and_nothing_when_none_did(operator_client):
+    from nodes.models import GPU
+
+    for name in ("alpha", "beta", "gamma"):
+        reporting(name)
+    header = shown(page(operator_client.get("/")))
+    unchanged = refresh(operator_client, header)
+    assert unchanged.status_code == 204 and unchanged.content == b""  # htmx leaves the page alone
+
+    GPU.objects.filter(node__name="beta", index=0).update(util=12.0)  # beta's next reading
+    changed = refresh(operator_client, header)
+    content = page(changed)
+    assert changed.status_code == 200 and changed["HX-Reswap"] == "none"
+    assert re.findall(r'<article [^>]*id="(rig-[a-z]+)"[^>]*hx-swap-oob="true"', content) == ["rig-beta"]
+    assert "12%" in content and len(changed.content) < 4000  # one card, not three
+    # Once the page shows it, the next refresh is empty again.
+    assert refresh(operator_client, shown(page(operator_client.get("/")))).status_code == 204
+
+
+def test_a_refresh_after_a_rig_was_added_or_with_a_bad_header_sends_every_card(operator_client):
+    reporting("alpha")
+    header = shown(page(operator_client.get("/")))
+    make_node("beta")
+    for sent in (header, "not-a-header", header.split(":")[0] + ":zz"):
+        content = page(refresh(operator_client, sent))
+        assert 'id="rig-alpha"' in content and 'id="rig-beta"' in content and "hx-swap-oob" not in content
+        assert 'id="rig-names"' in content
+
+
+def test_a_card_shows_no_clock_so_an_online_rig_that_only_reported_again_is_unchanged(operator_client):
+    node, _token = reporting("alpha")
+    header = shown(page(operator_client.get("/")))
+    Node.objects.filter(pk=node.pk).update(last_seen=timezone.now())  # a new report, same readings
+    assert refresh(operator_client, header).status_code == 204
+    # Once it is not online its card says since when (the browser keeps the age current) and changes.
+    Node.objects.filter(pk=node.pk).update(last_seen=timezone.now() - timedelta(minutes=5))
+    content = page(refresh(operator_client, header))
+    assert 'data-status="offline"' in content and re.search(r'<time datetime="[^"]+" data-age>', content)
+
+
+def test_a_rigs_gpu_name_is_escaped_on_its_card(operator_client):
+    from nodes.models import GPU
+
+    node, _token = reporting("alpha")
+    GPU.objects.filter(node=node, index=0).update(name='<img src=x onerror="alert(1)">')
+    content = operator_client.get("/").content.decode()
+    assert "<img src=x" not in content and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in content
+
+
 def test_it_says_when_an_agent_reports_with_a_rejected_token(operator_client):
     reporting("alpha")
     later = timezone.now() + timedelta(seconds=1)
