@@ -1,6 +1,7 @@
 """Asking rigs to download a catalogue file, with the checks that keep a provider from wasting a rig's time."""
 
 from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 
 from models_catalog.models import HubSettings, RigFile
 from nodes.models import Operation
@@ -21,8 +22,9 @@ def check_download(model_file, node):
         raise Refused(f"{node.name} is already downloading {model_file.filename} (operation {active.pk})")
     free = (node.host_reading or {}).get("disk_free")
     if model_file.size and free is not None and free < model_file.size + settings.DOWNLOAD_DISK_MARGIN:
-        raise Refused(f"{node.name} has {free / 1024**3:.1f} GiB free; {model_file.filename} needs "
-                      f"{model_file.size / 1024**3:.1f} GiB plus a {settings.DOWNLOAD_DISK_MARGIN / 1024**3:.1f} GiB margin")
+        raise Refused(f"{node.name} has {filesizeformat(free)} free; {model_file.filename} needs "
+                      f"{filesizeformat(model_file.size)} plus a "
+                      f"{filesizeformat(settings.DOWNLOAD_DISK_MARGIN)} margin")
 
 
 def request_download(model_file, node, user):

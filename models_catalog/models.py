@@ -93,9 +93,38 @@ class ModelFile(models.Model):
         return max(1, len(self.shards))
 
     @property
-    def parameters_b(self):
-        count = (self.facts or {}).get("parameters")
-        return round(count / 1e9, 2) if count else None
+    def file_type(self):
+        """The quant as the GGUF header says (F16 in a file named `-Q8_0`); the file name's only until it is read."""
+        return (self.facts or {}).get("file_type") or self.quant
+
+    @property
+    def parameters(self):
+        return (self.facts or {}).get("parameters")
+
+    @property
+    def parameters_label(self):
+        """The header's parameter count, short enough for a table: "411 K", "1.1 B", "406 B"."""
+        count = self.parameters
+        if not count:
+            return ""
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if count >= scale:
+                value = count / scale
+                return f"{value:.1f} {unit}" if value < 99.95 else f"{value:.0f} {unit}"
+        return str(count)
+
+    @property
+    def header_file_size(self):
+        """The size of the file whose header was read: the first part of a split model."""
+        if self.shards:
+            return self.shards[0].get("size")
+        return self.size
+
+    @property
+    def header_was_whole_file(self):
+        """A file smaller than the range read arrives whole: say so rather than "not the whole file"."""
+        fetched, size = (self.facts or {}).get("header_fetched"), self.header_file_size
+        return fetched is not None and size is not None and fetched >= size
 
     def download_files(self):
         if self.shards:
@@ -137,3 +166,12 @@ class RigFile(models.Model):
         """Deployments that use this file; deleting it is refused while there are any (hosting arrives later)."""
         related = getattr(self, "deployments", None)
         return list(related.all()) if related is not None else []
+
+    def blockers(self):
+        """(deployment, what to do first) for each deployment that keeps this file from being deleted.
+
+        A deployment meant to run, whose server has not stopped or failed, must be stopped before hosting lets it
+        be deleted (hosting.views.deployment_delete); any other needs deleting only.
+        """
+        return [(d, "stop and delete" if d.desired_state == d.RUNNING and d.actual_state not in ("stopped", "failed")
+                 else "delete") for d in self.used_by()]

@@ -5,6 +5,7 @@ from models_catalog import views
 urlpatterns = [
     path("models/", views.catalogue, name="catalogue"),
     path("models/search/", views.search, name="model_search"),
+    path("models/refresh/", views.catalogue_refresh, name="catalogue_refresh"),
     path("models/hub/add/", views.add_to_catalogue, name="add_to_catalogue"),
     path("models/hub/<path:repo_id>/", views.hub_repo, name="hub_repo"),
     path("models/files/<int:pk>/", views.model_file_detail, name="model_file_detail"),

@@ -23,7 +23,24 @@ def catalogue(request):
     models = CatalogModel.objects.prefetch_related(
         Prefetch("files", queryset=ModelFile.objects.annotate(rigs=Count("copies")))
     )
-    return render(request, "models_catalog/catalogue.html", {"models": models})
+    unread = ModelFile.objects.filter(facts_at__isnull=True).count()
+    return render(request, "models_catalog/catalogue.html", {"models": models, "unread": unread})
+
+
+@login_required
+@require_POST
+def catalogue_refresh(request):
+    """Sizes and facts of every file never read from the Hub (the curated ones ship with names only)."""
+    require_operator(request)
+    unread = list(ModelFile.objects.filter(facts_at__isnull=True).values_list("pk", flat=True))
+    for pk in unread:
+        transaction.on_commit(lambda pk=pk: read_model_facts.delay(pk))
+    if unread:
+        messages.info(request, f"Reading the size and header of {len(unread)} file{'s' if len(unread) != 1 else ''} "
+                               "from the Hub.")
+    else:
+        messages.info(request, "Every file has been read from the Hub already.")
+    return redirect("catalogue")
 
 
 @login_required
@@ -179,14 +196,15 @@ def rig_scan(request, name):
 def rig_file_delete(request, name, pk):
     require_operator(request)
     rig_file = get_object_or_404(RigFile.objects.select_related("node"), pk=pk, node__name=name)
-    users = rig_file.used_by()
+    blockers = rig_file.blockers()
     if request.method == "POST":
-        if users:
-            messages.error(request, f"{rig_file.basename} is used by deployment(s) {', '.join(d.name for d in users)}: "
-                                    "stop those first, then delete them or point them at another file.")
+        if blockers:
+            steps = "; ".join(f"{action} {d.name}" for d, action in blockers)
+            messages.error(request, f"{rig_file.basename} is used by deployment(s) "
+                                    f"{', '.join(d.name for d, _ in blockers)}: {steps} first.")
             return redirect("rig_files", name=name)
         with transaction.atomic():
             operation = start_operation(rig_file.node, Operation.DELETE_MODEL_FILE, request.user,
                                         target=rig_file.path, payload={"path": rig_file.path})
         return redirect(operation)
-    return render(request, "models_catalog/rig_file_confirm_delete.html", {"rig_file": rig_file, "users": users})
+    return render(request, "models_catalog/rig_file_confirm_delete.html", {"rig_file": rig_file, "blockers": blockers})

@@ -186,7 +186,7 @@ def test_it_stops_the_server_frees_the_port_and_refuses_deletes_in_use(hosted, o
     pid = _state(deployment).pid
 
     response = operator_client.post(f"/rigs/alpha/files/{rig_file.pk}/delete/", follow=True)
-    assert "stop those first" in response.content.decode()
+    assert f"stop and delete {deployment.name} first" in response.content.decode()
     response = operator_client.post(f"/builds/{build.pk}/delete/", follow=True)
     assert "stop them first" in response.content.decode()
 

@@ -220,7 +220,7 @@ def test_it_stores_the_facts_size_and_parts_read_from_the_hub(stand_in, tiny, op
     assert model_file.facts_error == ""
 
     content = page(operator_client.get(model_file.get_absolute_url()))
-    assert 'id="facts"' in content and "llama" in content and "fetched, not the whole file" in content
+    assert 'id="facts"' in content and "llama" in content and "fetched of part 1 (4.0\xa0MB)" in content
     assert operator_client.get(model_file.get_absolute_url(), **HTMX).status_code == 286  # nothing left to poll
 
 
@@ -357,7 +357,7 @@ def _refuse_because_disk(tiny, alpha):
     ModelFile.objects.filter(pk=tiny.pk).update(size=5 * GiB)
     alpha.host_reading = {"disk_free": 5 * GiB + 512 * MiB}
     alpha.save(update_fields=["host_reading"])
-    return "alpha has 5.5 GiB free; tiny-Q8_0.gguf needs 5.0 GiB plus a 1.0 GiB margin"
+    return "alpha has 5.5\xa0GB free; tiny-Q8_0.gguf needs 5.0\xa0GB plus a 1.0\xa0GB margin"
 
 
 @pytest.mark.parametrize("setup", [_refuse_because_on_rig, _refuse_because_downloading, _refuse_because_disk])

@@ -237,7 +237,7 @@ def test_it_refuses_to_delete_a_model_file_a_deployment_uses(operator_client, al
                                                              django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = operator_client.post(f"/rigs/alpha/files/{rig_file.pk}/delete/", follow=True)
-    assert "tiny-Q8_0.gguf is used by deployment(s) tiny: stop those first" in page(response)
+    assert "tiny-Q8_0.gguf is used by deployment(s) tiny: stop and delete tiny first." in page(response)
     assert RigFile.objects.filter(pk=rig_file.pk).exists()
     assert not Operation.objects.exists() and drain(alpha.queue) == []
 

@@ -26,9 +26,11 @@ from . import validation
 log = logging.getLogger("morpheus.agent.download")
 
 HASH_BLOCK = 8 << 20
-# huggingface_hub writes in 10 MiB chunks; a killed agent loses what it read but had not written yet, so
-# smaller chunks keep "bytes fetched again after a restart" small (and progress smoother). Same throughput.
-WRITE_CHUNK = 1 << 20
+# huggingface_hub reads in 10 MiB chunks (httpx buffers each one whole before handing it over), so a small or slow
+# download showed 0% until its end, and a killed agent lost what it had read but not written. None: every piece is
+# written (and counted for progress) as it arrives from the network; against the local Hub stand-in this cost no
+# throughput and no more CPU.
+READ_CHUNK = None
 
 
 class DownloadError(Exception):
@@ -358,8 +360,8 @@ class Downloader:
                      if not dest.exists())
         free = shutil.disk_usage(self.models_dir).free
         if needed + self.disk_margin > free:
-            raise DownloadError(f"not enough disk space on the rig: {_gib(needed)} needed plus a {_gib(self.disk_margin)} "
-                                f"margin, {_gib(free)} free in {self.models_dir}")
+            raise DownloadError(f"not enough disk space on the rig: {human_size(needed)} needed plus a "
+                                f"{human_size(self.disk_margin)} margin, {human_size(free)} free in {self.models_dir}")
 
         tracker = _Tracker(total, progress)
         results = []
@@ -385,7 +387,7 @@ class Downloader:
         from huggingface_hub import constants
         from huggingface_hub.utils import build_hf_headers
 
-        constants.DOWNLOAD_CHUNK_SIZE = WRITE_CHUNK
+        constants.DOWNLOAD_CHUNK_SIZE = READ_CHUNK
 
         if dest.exists() and (size is None or dest.stat().st_size == size):
             digest = sha256_of(dest)
@@ -469,14 +471,22 @@ def _file_result(dest, filename, digest, expected, already):
             "verified": expected is not None and digest == expected, "already_present": already}
 
 
-def _gib(n):
-    return f"{n / 1024**3:.2f} GiB"
+def human_size(n):
+    """A byte count as a provider reads it: "819 KB", "4.1 GB" (units of 1024, named as the panel's pages name them)."""
+    if abs(n) < 1024:
+        return "1 byte" if n == 1 else f"{n} bytes"
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB", "PB"):
+        value /= 1024
+        if round(abs(value)) < 1024:
+            break
+    return f"{value:.1f} {unit}" if abs(value) < 99.95 else f"{value:.0f} {unit}"
 
 
 class _Tracker:
-    """Adds up bytes across files and hands the callback done/total/rate/ETA at most twice a second."""
+    """Adds up bytes across files and hands the callback done/total/rate/ETA at most once a second."""
 
-    def __init__(self, total, callback, every=0.5):
+    def __init__(self, total, callback, every=1.0):
         self.total, self.callback, self.every = total, callback, every
         self.done = 0
         self.fetched = 0

@@ -4,7 +4,7 @@ import logging
 import threading
 
 from .. import protocol
-from ..downloader import DownloadCancelled, DownloadError, Downloader, DownloadRequest
+from ..downloader import DownloadCancelled, DownloadError, Downloader, DownloadRequest, human_size
 from ..modelfiles import Manifest, ModelFileError, delete as delete_model_path, describe, scan
 from ..validation import InvalidValue
 
@@ -54,7 +54,7 @@ def register(agent):
             verb = "already on the rig" if all(i["already_present"] for i in result["files"]) else "downloaded"
             checked = "verified" if entry["verified"] else "not checked"
             agent.operation(operation_id, "succeeded",
-                            f"{verb}: {names} ({total / 1024**3:.2f} GiB, sha256 {checked})",
+                            f"{verb}: {names} ({human_size(total)}, sha256 {checked})",
                             {k: result[k] for k in ("bytes_fetched", "resumed_from", "seconds", "commit")},
                             progress={"done": total, "total": total, "unit": "B"})
         except DownloadCancelled as exc:
