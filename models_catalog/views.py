@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
@@ -105,6 +106,9 @@ def add_to_catalogue(request):
     return redirect(model_file)
 
 
+FACTS_READ_EVERY = 120  # seconds between two header reads started by opening a page that has none yet
+
+
 @login_required
 def model_file_detail(request, pk):
     model_file = get_object_or_404(ModelFile.objects.select_related("model"), pk=pk)
@@ -114,6 +118,9 @@ def model_file_detail(request, pk):
     nodes = Node.objects.order_by("name")
     form = DownloadForm(node_choices=[(n.name, n.name) for n in nodes])
     context = {"model_file": model_file, "copies": copies, "operations": operations, "form": form}
+    if model_file.facts_at is None and cache.add(f"facts-read-{model_file.pk}", True, FACTS_READ_EVERY):
+        # Never read (a curated entry): the page says it is reading the header, so read it, once a while at most.
+        transaction.on_commit(lambda: read_model_facts.delay(model_file.pk))
     if request.htmx:
         response = render(request, "models_catalog/model_file_detail.html#live", context)
         if model_file.facts_at and not any(not op.is_terminal for op in operations):

@@ -235,3 +235,21 @@ def test_it_lets_only_operators_ask_for_the_sizes(client, viewer, operator, who,
         assert response["Location"] == "/models/"
     else:
         assert panel_tasks() == []
+
+
+def test_opening_a_file_never_read_starts_reading_its_header_once(operator_client, django_capture_on_commit_callbacks,
+                                                                 monkeypatch):
+    """The page says it is reading the header: it must be (a curated file was never queued), not poll forever."""
+    from django.core.cache import cache
+
+    from models_catalog import views
+
+    queued = []
+    monkeypatch.setattr(views.read_model_facts, "delay", lambda pk: queued.append(pk))
+    model = CatalogModel.objects.create(repo_id="test-org/Never-Read-GGUF", name="Never read")
+    never_read = ModelFile.objects.create(model=model, filename="never-Q4_K_M.gguf")
+    cache.delete(f"facts-read-{never_read.pk}")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert "Reading the GGUF header" in operator_client.get(never_read.get_absolute_url()).content.decode()
+        operator_client.get(never_read.get_absolute_url(), HTTP_HX_REQUEST="true")  # its poll: not again
+    assert queued == [never_read.pk]

@@ -67,8 +67,7 @@ def register(agent):
             if not mine:
                 return
             try:
-                if not path.startswith("/") or not path.rsplit("/", 1)[-1].startswith("llama-server"):
-                    raise builds.BuildError(f"{path} is not an absolute path to a llama-server binary")
+                path = builds.check_server_path(path)  # the rig checks again what the panel's form checked
                 version = builds.server_version(path)
                 backend = "cuda" if "cuda" in version["version_text"].lower() else "cpu"
                 agent.operation(operation_id, "succeeded", f"llama-server {version['version']} runs; adopted",
