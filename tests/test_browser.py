@@ -57,6 +57,7 @@ def test_it_updates_both_rig_cards_live_without_reloading_the_page(page, live_se
 
     page.evaluate("window.__marker = 1")
     alpha_text = alpha.locator(".gpu").first.inner_text()
+    page.wait_for_event("request", lambda request: request.headers.get("hx-request") == "true", timeout=WAIT_MS)
     expect(alpha.locator(".gpu").first).not_to_have_text(alpha_text, timeout=WAIT_MS)
     expect(beta.locator(".muted").first).to_contain_text("reporting")
 
@@ -66,8 +67,8 @@ def test_it_updates_both_rig_cards_live_without_reloading_the_page(page, live_se
     # Each poll says which cards the page shows; the answer carries only changed cards (or nothing). Beta stopped:
     # its card alone turns stale, then offline, and its "last seen" age is kept by the browser.
     cards_header = page.evaluate("""() => new Promise(resolve => {
-        document.body.addEventListener("htmx:configRequest", e => resolve(e.detail.headers["X-Rig-Cards"]),
-                                       {once: true});
+        document.addEventListener("htmx:beforeRequest", e => resolve(e.detail.requestConfig.headers["X-Rig-Cards"]),
+                                  {once: true});
     })""")
     assert re.fullmatch(r"[0-9a-f]{16}:[0-9a-f]{12}", cards_header), cards_header
     rigs.procs[1].stop()
@@ -125,3 +126,24 @@ def test_it_shows_a_viewer_no_action_buttons(page, live_server, viewer):
     for action in ("Refresh hardware", "Ping agent", "Rotate token", "Remove rig", "Attach"):
         expect(page.get_by_text(action, exact=True)).to_have_count(0)
     expect(page.locator("main form[method=post]")).to_have_count(0)
+
+
+def test_it_copies_the_agent_command_and_shows_a_viewer_why_a_page_is_refused(page, live_server, operator, viewer):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    log_in(page, live_server, "olga", "operator-pass-1")
+    page.get_by_role("link", name="Add rig").click()
+    page.get_by_label("Name").fill("rig-07")
+    page.get_by_role("button", name=re.compile("Add")).click()
+    command = page.locator("#agent-command")
+    expect(command).to_contain_text("-m nodes.agent")
+    page.locator(".copy-wrap", has=command).get_by_role("button", name="Copy").click()
+    expect(page.locator(".copy-wrap", has=command).get_by_role("button")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == command.inner_text()
+    assert page.locator("link[rel=icon]").count() == 1
+
+    page.context.clear_cookies()
+    log_in(page, live_server, "victor", "viewer-pass-1")
+    page.goto(f"{live_server.url}/rigs/add/")
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    expect(page.locator("#forbidden")).to_contain_text("Viewers can look but not change anything")
+    expect(page.get_by_role("link", name="Rigs", exact=True)).to_be_visible()  # the panel's navigation
