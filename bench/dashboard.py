@@ -199,6 +199,10 @@ def main(argv=None):
             t_small, t_large = results[small][page]["median"], results[large][page]["median"]
             print(f"{page}: queries {q_small} → {q_large} ({q_large / q_small:.2f}× for {large / small:.0f}× rigs);"
                   f" median {t_small:.1f} → {t_large:.1f} ms ({t_large / large:.2f} ms per rig at {large})")
+        before, after = results[large]["htmx partial"], results[large][f"refresh, {CHANGED} changed"]
+        print(f"refresh at {large} rigs, {CHANGED} changed, against every card (what each poll sent before): "
+              f"{after['median']:.1f} vs {before['median']:.1f} ms ({before['median'] / after['median']:.1f}× faster), "
+              f"{after['kb']:.0f} vs {before['kb']:.0f} KB ({before['kb'] / after['kb']:.0f}× fewer bytes)")
         if args.show_sql:
             for sql in results[large]["htmx partial"]["sql"]:
                 print("  ", sql[:160])

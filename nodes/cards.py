@@ -108,8 +108,8 @@ def cards_html(nodes, oob=False):
 
 
 # The four bars of a GPU: label, percent, text.
-_BAR = ('<div class="bar"><span class="bar-label">{label}</span><span class="bar-track"><span class="bar-fill{level}"'
-        ' style="width:{pct}%"></span></span><span class="bar-text">{text}</span></div>')
+# Short markup (a tenth of a megabyte less per 200 rigs): the track draws its own fill from --p (static/css/panel.css).
+_BAR = '<div class="bar{level}"><b>{label}</b><i style="--p:{pct}%"></i><span>{text}</span></div>'
 
 
 def bars_html(bars):

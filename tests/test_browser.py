@@ -52,7 +52,7 @@ def test_it_updates_both_rig_cards_live_without_reloading_the_page(page, live_se
     expect(alpha.locator(".badge")).to_have_text("online", timeout=WAIT_MS)
     expect(beta.locator(".badge")).to_have_text("online", timeout=WAIT_MS)
     expect(beta.locator(".no-gpu")).to_contain_text("no GPUs", timeout=WAIT_MS)
-    expect(alpha.locator(".bar-text").first).to_have_text(re.compile(r"^\d+%$"), timeout=WAIT_MS)
+    expect(alpha.locator(".bar span").first).to_have_text(re.compile(r"^\d+%$"), timeout=WAIT_MS)
     page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
 
     page.evaluate("window.__marker = 1")

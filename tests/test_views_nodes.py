@@ -106,7 +106,7 @@ def test_it_shows_an_operator_a_card_per_rig_with_gpu_bars(operator_client):
     assert 'data-status="online"' in alpha
     assert alpha.count('class="gpu"') == 2
     for label in ("util", "VRAM", "temp", "power"):
-        assert f'<span class="bar-label">{label}</span>' in alpha
+        assert f'<b>{label}</b>' in alpha
     assert "87%" in alpha and "20.0 / 24 GiB" in alpha and "71 °C" in alpha and "302 / 350 W" in alpha
     beta = content[content.index('id="rig-beta"'):]
     assert "waiting for its agent" in beta
