@@ -7,8 +7,7 @@ from django.db import connection, transaction
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from nodes.agent import envelope
-from nodes.agent import protocol
+from nodes.agent import envelope, protocol
 from nodes.agent.protocol import NODE_NAME_RE
 from nodes.models import GPU, GpuSample, HostSample, Node, Operation, minute_floor
 from nodes.reports import CLEANERS, ReportError

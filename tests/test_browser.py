@@ -128,6 +128,7 @@ def test_it_shows_a_viewer_no_action_buttons(page, live_server, viewer):
     expect(page.locator("main form[method=post]")).to_have_count(0)
 
 
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # a plain flush breaks the next tests' restore
 def test_it_copies_the_agent_command_and_shows_a_viewer_why_a_page_is_refused(page, live_server, operator, viewer):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     log_in(page, live_server, "olga", "operator-pass-1")
