@@ -9,8 +9,8 @@ text ("last seen" ages are written by the browser from the card's timestamp), so
 
 import hashlib
 import re
-from html import escape  # the standard library's: Django's lazy wrapper was a tenth of each render
 from collections import defaultdict
+from html import escape  # the standard library's: Django's lazy wrapper was a tenth of each render
 
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import Prefetch
