@@ -4,7 +4,6 @@ import logging
 from datetime import datetime, timezone as dt_timezone
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from hosting.models import Build, Deployment, ServerExit
 from nodes.models import Operation
@@ -50,11 +49,10 @@ def operation_changed(operation):
     Build.objects.filter(pk=build.pk).update(**fields)
 
 
-def apply_deployment(rig, report, now=None, seq=0):
+def apply_deployment(rig, report, now, seq):
     """A server's state as the rig saw it, unless a newer report (a higher sequence number) is already stored."""
-    now = now or timezone.now()
     started = report["started_at"]
-    rows = Deployment.objects.filter(pk=report["deployment"], node=rig, report_seq__lt=seq or 2**62)
+    rows = Deployment.objects.filter(pk=report["deployment"], node=rig, report_seq__lt=seq)
     old = rows.values_list("actual_state", flat=True).first()
     rows.update(
         actual_state=report["state"],
@@ -64,21 +62,20 @@ def apply_deployment(rig, report, now=None, seq=0):
         message=report["message"],
         log_tail=report["log"],
         reported_at=now,
-        report_seq=seq or 0,
+        report_seq=seq,
     )
     if old is not None and old != report["state"]:
         log.info("deployment %s on %s: %s → %s", report["deployment"], rig.name, old, report["state"])
 
 
-def apply_server_exit(rig, report, now=None, seq=None):
+def apply_server_exit(rig, report, now, seq):
     """One unplanned exit of a rig's own server, kept as history (a report about another rig's is ignored); the
     same report sent again (same sequence number) is the same row."""
     deployment = Deployment.objects.filter(pk=report["deployment"], node=rig).first()
     if deployment is None:
         return
     at = datetime.fromtimestamp(report["at"], tz=dt_timezone.utc)
-    now = now or timezone.now()
-    if seq is not None and ServerExit.objects.filter(deployment=deployment, report_seq=seq).exists():
+    if ServerExit.objects.filter(deployment=deployment, report_seq=seq).exists():
         return
     try:
         with transaction.atomic():

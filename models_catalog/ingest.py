@@ -1,6 +1,5 @@
 """Applying an agent's `model_files` report: what GGUF files sit on the rig's disk."""
 
-from django.utils import timezone
 
 from models_catalog.models import ModelFile, RigFile
 
@@ -13,13 +12,11 @@ def _catalogue_match(item, model_file_id):
     return None
 
 
-def apply_model_files(rig, report, now=None, seq=0):
+def apply_model_files(rig, report, now, seq):
     """Each file's row takes only a report newer than the one it came from (reports may arrive out of order, or
     twice when the rig sends one again)."""
-    now = now or timezone.now()
-    seq = seq or 0
     paths = [item["path"] for item in report["files"]]
-    older = RigFile.objects.filter(node=rig, report_seq__lt=seq) if seq else RigFile.objects.filter(node=rig)
+    older = RigFile.objects.filter(node=rig, report_seq__lt=seq)
     if report["mode"] == "remove":
         _drop(older.filter(path__in=paths))
         return
@@ -27,7 +24,7 @@ def apply_model_files(rig, report, now=None, seq=0):
         _drop(older.exclude(path__in=paths))
     for item in report["files"]:
         existing = RigFile.objects.filter(node=rig, path=item["path"]).first()
-        if existing is not None and seq and existing.report_seq >= seq:
+        if existing is not None and existing.report_seq >= seq:
             continue
         defaults = {
             "size": item["size"],

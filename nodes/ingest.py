@@ -102,7 +102,7 @@ def authenticate(name, body, mac, now):
     return node, report
 
 
-def apply_hardware(rig, hw, now, seq=None):
+def apply_hardware(rig, hw, now, seq):
     gpus = hw.pop("gpus")
     rig.hardware = {**hw, "gpus": gpus}
     rig.hardware_at = now
@@ -143,7 +143,7 @@ def _reading_time(at, now):
     return min(moment, now)
 
 
-def apply_telemetry(rig, reading, now, seq=None):
+def apply_telemetry(rig, reading, now, seq):
     at = _reading_time(reading["at"], now)
     minute = minute_floor(at)
     host = reading["host"]
@@ -215,7 +215,7 @@ def mark_lost(rig, listed, seq, now, boot=False):
     return count
 
 
-def apply_operation(rig, report, now, seq=None):
+def apply_operation(rig, report, now, seq):
     operation = Operation.objects.filter(pk=report["operation"], node=rig).first()
     if operation is None:
         log.warning("rig %s reported on operation %s, which is not its own", rig.name, report["operation"])
@@ -230,14 +230,15 @@ def apply_operation(rig, report, now, seq=None):
                  operation.pk, report["status"], operation.status)
 
 
-def apply_rejected_command(rig, report, now, seq=None):
+def apply_rejected_command(rig, report, now, seq):
     """The rig's agent refused a command: show it on the rig's page (it may be a forgery aimed at this rig)."""
     log.warning("rig %s refused a %s command: %s", rig.name, report["task"], report["reason"])
     rig.command_rejected_at, rig.command_rejected_reason = now, f"{report['task']}: {report['reason']}"[:300]
     rig.save(update_fields=["command_rejected_at", "command_rejected_reason"])
 
 
-# Report kinds and their writers; other apps add theirs in AppConfig.ready() (their rows, their code).
+# Report kinds and their writers, each called (rig, cleaned payload, now, the report's sequence number); other apps
+# add theirs in AppConfig.ready() (their rows, their code).
 APPLY = {
     "hardware": apply_hardware,
     "telemetry": apply_telemetry,

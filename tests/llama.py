@@ -89,3 +89,21 @@ def _server_binary():
     os.replace(cached.with_suffix(".tmp"), cached)
     shutil.rmtree(work, ignore_errors=True)
     return cached
+
+
+def slow_server(path, seconds, binary=None):
+    """A llama-server that takes `seconds` longer to start (a big model loading): a script that waits, then execs the
+    real one (`--version` answers at once, so it can be adopted)."""
+    binary = binary or server_binary()
+    path = Path(path)
+    path.write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) exec {binary} "$@" ;; esac\n'
+                    f'sleep {seconds}\nexec {binary} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def tiny_server_form(name, rig_file, build, port, **changes):
+    """The host form's fields for a small CPU server of the tiny test model (tests/gguf_model.py)."""
+    return {"name": name, "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": port,
+            "ctx_size": 256, "n_gpu_layers": 0, "parallel": 1, "flash_attn": "off", "cache_type_k": "f16",
+            "cache_type_v": "f16", "extra_flags_text": "--no-webui", **changes}

@@ -20,29 +20,23 @@ import redis
 from celery import Celery
 from django.utils import timezone
 
-from models_catalog.models import CatalogModel, ModelFile
+from hosting.models import Build, Deployment
+from models_catalog.models import CatalogModel, ModelFile, RigFile
 from morpheus_admin import localredis
-from morpheus_admin.celery import app as celery_app
 from nodes import broker as broker_accounts
 from nodes import rigs as rig_accounts
 from nodes.agent import protocol
 from nodes.models import Node, Operation
-from tests import harness
+from tests import harness, llama
+from tests.conftest import point_celery_at
 from tests.gguf_model import write_tiny_llama
-from tests.harness import ROOT, wait_until
-from tests.helpers import make_node
+from tests.harness import ROOT, stop_llama_servers_under, wait_until
+from tests.helpers import free_port, make_node
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
 OUTAGE = 2.0  # seconds Redis stays away
-
-
-def point_celery_at(url):
-    celery_app.close()
-    celery_app.conf.broker_url = url
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
 
 
 class Broker:
@@ -232,16 +226,7 @@ def test_a_launch_through_a_broker_restart_ends_right_and_the_server_stays_up(br
                                                                             tmp_path):
     """Redis killed while llama-server loads (a wrapper holds it 3 s) and away for 5 s: the server becomes healthy
     during the outage, the launch's outcome and the healthy state arrive once Redis is back."""
-    from hosting.models import Build, Deployment
-    from models_catalog.models import RigFile
-    from tests import llama
-    from tests.helpers import free_port
-
-    binary = llama.server_binary()
-    slow = tmp_path / "llama-server-slow"
-    slow.write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) exec {binary} "$@" ;; esac\n'
-                    f'sleep 3\nexec {binary} "$@"\n')
-    slow.chmod(0o755)
+    slow = llama.slow_server(tmp_path / "llama-server-slow", 3)
     node, token = make_node("alpha")
     agent = start_agent("alpha", token)
     try:
@@ -250,10 +235,8 @@ def test_a_launch_through_a_broker_restart_ends_right_and_the_server_stays_up(br
         wait_until(lambda: Build.objects.get(pk=build.pk).status == Build.READY, timeout=60, message="adopted")
         model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
         rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
-        response = operator_client.post("/rigs/alpha/deployments/new/", {
-            "name": "tiny", "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": free_port(),
-            "ctx_size": 256, "n_gpu_layers": 0, "parallel": 1, "flash_attn": "off", "cache_type_k": "f16",
-            "cache_type_v": "f16", "extra_flags_text": "--no-webui"})
+        response = operator_client.post("/rigs/alpha/deployments/new/",
+                                        llama.tiny_server_form("tiny", rig_file, build, free_port()))
         assert response.status_code == 302
         launch = Operation.objects.get(kind=Operation.LAUNCH)
         wait_until(lambda: Operation.objects.get(pk=launch.pk).status == Operation.RUNNING, timeout=30,
@@ -268,17 +251,12 @@ def test_a_launch_through_a_broker_restart_ends_right_and_the_server_stays_up(br
         assert Operation.objects.filter(kind=Operation.LAUNCH).count() == 1
     finally:
         agent.stop(timeout=15)
-        from tests.harness import stop_llama_servers_under
-
         stop_llama_servers_under(tmp_path)
 
 
 def test_a_build_through_a_broker_restart_ends_right(broker, start_agent, operator_client):
     """Redis killed while llama.cpp compiles (the compiler cache of the other build tests makes it short): the build
     goes on, its outcome arrives once Redis is back, and the rig's default build is ready."""
-    from hosting.models import Build
-    from tests import llama
-
     node, token = make_node("alpha")
     agent = start_agent("alpha", token, extra_env={"MORPHEUS_CCACHE_DIR": str(llama.CCACHE_DIR)})
     operator_client.post("/rigs/alpha/builds/", {"build-source": str(llama.source_repo()), "build-ref": llama.TAG,

@@ -263,17 +263,12 @@ def test_a_launch_slower_than_the_pickup_timeout_still_succeeds(alpha, operator_
     applies, not the pickup timeout (20 s in the tests)."""
     node, _, _ = alpha
     pickup = int(worker_env["MORPHEUS_OPERATION_PICKUP_TIMEOUT"])
-    slow = tmp_path / "llama-server-slow"
-    slow.write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) exec {llama_server_binary} "$@" ;; esac\n'
-                    f'sleep {pickup + 5}\nexec {llama_server_binary} "$@"\n')
-    slow.chmod(0o755)
+    slow = llama.slow_server(tmp_path / "llama-server-slow", pickup + 5, llama_server_binary)
     build = _adopt(operator_client, node, slow)
     model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
     rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
-    response = operator_client.post("/rigs/alpha/deployments/new/", {
-        "name": "slow", "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": free_port(),
-        "ctx_size": 256, "n_gpu_layers": 0, "parallel": 1, "flash_attn": "off", "cache_type_k": "f16",
-        "cache_type_v": "f16", "extra_flags_text": "--no-webui"})
+    response = operator_client.post("/rigs/alpha/deployments/new/",
+                                    llama.tiny_server_form("slow", rig_file, build, free_port()))
     assert response.status_code == 302, response.content.decode()[-2000:]
     launch = _op(Operation.LAUNCH)
     wait_until(lambda: Operation.objects.get(pk=launch.pk).status == Operation.RUNNING, timeout=30,

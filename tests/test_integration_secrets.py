@@ -97,10 +97,8 @@ def test_no_secret_travels_or_rests_in_clear_through_a_full_flow(rigs, operator,
 
             build = adopt_build(rig_file.node, operator, str(llama.server_binary()))
             assert _finished(build.operation).status == Operation.SUCCEEDED
-            response = operator_client.post("/rigs/alpha/deployments/new/", {
-                "name": "tiny", "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": free_port(),
-                "ctx_size": 256, "n_gpu_layers": 0, "parallel": 1, "flash_attn": "off", "cache_type_k": "f16",
-                "cache_type_v": "f16", "api_key": API_KEY, "extra_flags_text": "--no-webui"})
+            response = operator_client.post("/rigs/alpha/deployments/new/", llama.tiny_server_form(
+                "tiny", rig_file, build, free_port(), api_key=API_KEY))
             assert response.status_code == 302, response.content.decode()[-2000:]
             deployment = Deployment.objects.get(name="tiny")
             launch = _finished(Operation.objects.get(kind=Operation.LAUNCH), timeout=60)

@@ -15,9 +15,9 @@ from nodes.agent.builder import Builder, BuildError, BuildRequest, _Log
 from nodes.reports import ReportError, clean_telemetry
 from tests.helpers import make_node, page, queued_messages, report
 from tests.test_reports import telemetry
+from tests.test_views_hosting import ready_build  # noqa: F401  (a fixture)
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-BINARY = "/var/lib/morpheus-agent/builds/1/llama-server"
 MODEL = "/var/lib/morpheus-agent/models/org__Tiny-GGUF/tiny-Q8_0.gguf"
 TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
@@ -88,12 +88,6 @@ def alpha(db):
                              host_reading={"cpu_percent": 3.0, "listening_ports": [22, 8080, 8081]})
     yield node
     queued_messages(node.queue)  # leaves the memory:// broker empty for the next test
-
-
-@pytest.fixture
-def ready_build(alpha):
-    return Build.objects.create(node=alpha, source="/src/llama.cpp", ref="b1", status=Build.READY, is_default=True,
-                                binary_path=BINARY, version="0.5.0 (build 1, abc1234)", commit="abc1234")
 
 
 @pytest.fixture

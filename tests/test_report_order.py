@@ -5,17 +5,15 @@ import time
 
 import pytest
 
-from hosting.models import Build, Deployment, ServerExit
+from hosting.models import ServerExit
 from models_catalog.models import RigFile
 from nodes import ingest
 from nodes.agent import protocol
 from nodes.models import Operation
 from tests.helpers import make_node, queued_messages, signed_report
+from tests.test_hosting_ingest import deployment, server_report  # noqa: F401  (a fixture, and its reports)
 
 pytestmark = pytest.mark.django_db
-
-BINARY = "/opt/llama/build/bin/llama-server"
-
 
 @pytest.fixture
 def alpha():
@@ -43,31 +41,17 @@ def test_a_late_progress_report_never_overwrites_a_newer_one_nor_an_outcome(alph
     assert (op.status, op.progress_done, op.message, op.report_seq) == ("succeeded", 60, "downloaded", 30)
 
 
-@pytest.fixture
-def deployment(alpha):
-    node = alpha[0]
-    build = Build.objects.create(node=node, source="/s", ref="b1", status=Build.READY, binary_path=BINARY)
-    rig_file = RigFile.objects.create(node=node, path="/m/tiny.gguf", size=1)
-    return Deployment.objects.create(node=node, name="tiny", model_file=rig_file, build=build, port=8080)
-
-
-def server(row, state, **changes):
-    return {"deployment": row.pk, "state": state, "pid": 4242, "port": 8080, "host": "127.0.0.1",
-            "started_at": time.time() - 30, "restarts": 0, "message": state, "log": "", "generation": 1,
-            "desired": "running", "binary": BINARY, **changes}
-
-
 def test_a_stale_starting_report_applied_after_healthy_does_not_win(alpha, deployment):
-    apply(alpha, "deployment", server(deployment, "healthy"), seq=51)
-    apply(alpha, "deployment", server(deployment, "starting"), seq=50)
+    apply(alpha, "deployment", server_report(deployment, state="healthy"), seq=51)
+    apply(alpha, "deployment", server_report(deployment, state="starting"), seq=50)
     deployment.refresh_from_db()
     assert (deployment.actual_state, deployment.report_seq) == ("healthy", 51)
     # An inventory made before the last report does not move it back either; a newer one does move it.
-    inventory = {"boot": False, "operations": [], "deployments": [server(deployment, "loading")]}
+    inventory = {"boot": False, "operations": [], "deployments": [server_report(deployment, state="loading")]}
     apply(alpha, "inventory", inventory, seq=49)
     deployment.refresh_from_db()
     assert deployment.actual_state == "healthy"
-    apply(alpha, "inventory", {**inventory, "deployments": [server(deployment, "backoff")]}, seq=60)
+    apply(alpha, "inventory", {**inventory, "deployments": [server_report(deployment, state="backoff")]}, seq=60)
     deployment.refresh_from_db()
     assert (deployment.actual_state, deployment.report_seq) == ("backoff", 60)
 
