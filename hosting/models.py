@@ -93,6 +93,9 @@ class Deployment(models.Model):
     reported_at = models.DateTimeField(null=True, blank=True)
     # The rig's sequence number of the report these came from: an older report never overwrites them.
     report_seq = models.BigIntegerField(default=0)
+    # Live serving metrics the agent read from the server's /metrics and /slots (tokens/s, busy slots, requests, KV).
+    serving = models.JSONField(default=dict, blank=True)
+    serving_at = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
 

@@ -279,6 +279,7 @@ class Operation(models.Model):
     DOWNLOAD_MODEL, SCAN_MODELS, DELETE_MODEL_FILE = "download_model", "scan_models", "delete_model_file"
     BUILD_LLAMA, ADOPT_BUILD, DELETE_BUILD = "build_llama", "adopt_build", "delete_build"
     LAUNCH, STOP, RESTART = "launch", "stop", "restart"
+    BENCHMARK, CHAT = "benchmark", "chat"
     KIND_CHOICES = [
         (REFRESH_HARDWARE, "refresh hardware"),
         (PING, "ping agent"),
@@ -291,6 +292,8 @@ class Operation(models.Model):
         (LAUNCH, "launch server"),
         (STOP, "stop server"),
         (RESTART, "restart server"),
+        (BENCHMARK, "benchmark server"),
+        (CHAT, "try a prompt"),
     ]
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)
@@ -390,6 +393,8 @@ class Operation(models.Model):
         if status == self.RUNNING:
             if self.started is None:
                 fields["started"] = now
+            if result:  # what a running operation has so far (a streamed answer, the benchmark steps done)
+                fields["result"] = result
         else:
             fields["finished"] = now
             if self.started is None:

@@ -25,6 +25,8 @@ AGENT_APPLY_DEPLOYMENT = "agent.apply_deployment"
 AGENT_FORGET_DEPLOYMENT = "agent.forget_deployment"
 AGENT_RECONCILE_DEPLOYMENTS = "agent.reconcile_deployments"
 AGENT_ACK = "agent.ack"  # the panel applied these reports: the rig may drop them from its outbox
+AGENT_BENCHMARK_DEPLOYMENT = "agent.benchmark_deployment"  # tok/s and time to first token at 1..N streams
+AGENT_CHAT_DEPLOYMENT = "agent.chat_deployment"  # "try it": one chat sent to the server, its answer streamed back
 
 # task name → (takes an operation id, its keyword arguments: required, optional)
 COMMANDS = {
@@ -41,6 +43,8 @@ COMMANDS = {
     AGENT_FORGET_DEPLOYMENT: (False, ("deployment_id",), ()),
     AGENT_RECONCILE_DEPLOYMENTS: (False, ("specs",), ()),
     AGENT_ACK: (False, ("seqs",), ()),
+    AGENT_BENCHMARK_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
+    AGENT_CHAT_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
 }
 
 # Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
