@@ -1,4 +1,5 @@
 from django import forms
+from django.urls import reverse
 
 from hosting.models import Build, Deployment
 from models_catalog import fit, planner
@@ -85,6 +86,10 @@ class DeploymentForm(forms.ModelForm):
         self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
         self.fields["model_file"].label = "Model file on this rig"
         self.fields["model_file"].label_from_instance = lambda rig_file: rig_file.path  # not "<node id>:<path>"
+        if not self.instance.pk:  # a new deployment: choosing a file reloads the form at the planner's flags for it
+            self.fields["model_file"].widget.attrs.update({
+                "hx-get": reverse("deployment_new", args=[node.name]), "hx-trigger": "change", "hx-target": "main",
+                "hx-select": "main", "hx-swap": "outerHTML", "hx-push-url": "true"})
         self.fields["ctx_size"].help_text = CTX_HELP
         chosen = self.instance.model_file if self.instance.pk else self.initial.get("model_file")
         trained = trained_context(chosen) if isinstance(chosen, RigFile) else None
@@ -253,6 +258,16 @@ def planned_settings(node, rig_file, ctx_size=None, parallel=None):
     if not flags.get("threads"):
         flags.pop("threads", None)
     return flags, plan
+
+
+def planned_plan(deployment):
+    """The plan of a saved deployment's own settings; raises PlanRefused."""
+    return fit.plan_rig_file(
+        deployment.model_file, deployment.node, ctx_size=deployment.ctx_size, parallel=deployment.parallel,
+        n_gpu_layers=None if has_no_gpus(deployment.node) else deployment.n_gpu_layers,
+        tensor_split=deployment.tensor_split or None, cache_type_k=deployment.cache_type_k,
+        cache_type_v=deployment.cache_type_v, flash_attn=deployment.flash_attn,
+        rope_scaling=fit.has_rope_setting(deployment.extra_flags))
 
 
 def suggested_settings(node, rig_file=None, ctx_size=None, parallel=None):

@@ -10,9 +10,11 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
 from hosting import services
-from hosting.forms import AdoptForm, BuildForm, DeploymentForm, planned_settings, suggest_port, suggested_settings
+from hosting.forms import (AdoptForm, BuildForm, DeploymentForm, planned_plan, planned_settings, suggest_port,
+                           suggested_settings)
 from hosting.models import Build, Deployment
 from models_catalog.forms import FitForm
+from models_catalog.planner import PlanRefused
 from nodes import reauth
 from nodes.agent import builder
 from nodes.models import Node
@@ -118,7 +120,7 @@ def deployment_edit(request, name, pk=None):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
     instance = get_object_or_404(Deployment, pk=pk, node=node) if pk else None
-    initial, plan = {}, None
+    initial, plan, chosen = {}, None, None
     if instance is None:
         default_build = node.builds.filter(status=Build.READY, is_default=True).first()
         chosen = _chosen_file(request, node)
@@ -145,15 +147,25 @@ def deployment_edit(request, name, pk=None):
                 messages.success(request, f"{deployment.name}: {operation.get_kind_display()} sent to {node.name}.")
         return redirect(deployment)
     if form.is_bound and form.plan is not None:
-        plan = form.plan
+        plan, chosen = form.plan, form.cleaned_data.get("model_file")
+    elif instance is not None:
+        plan, chosen = _saved_plan(instance), instance.model_file
     return render(request, "hosting/deployment_form.html",
-                  {"form": form, "node": node, "deployment": instance, "plan": plan})
+                  {"form": form, "node": node, "deployment": instance, "plan": plan, "plan_file": chosen})
+
+
+def _saved_plan(deployment):
+    """The fit planner's verdict on a deployment's saved settings (None where it cannot plan them)."""
+    try:
+        return planned_plan(deployment)
+    except PlanRefused as exc:
+        return str(exc)
 
 
 def _chosen_file(request, node):
     """The model file the form starts with: ?file=<id> (from a model's "which rigs can host this"), else the rig's
     only one."""
-    wanted = request.GET.get("file", "")
+    wanted = request.GET.get("model_file") or request.GET.get("file") or ""  # model_file: the form's own select
     if wanted.isdigit():
         found = node.model_files.select_related("model_file").filter(pk=int(wanted)).first()
         if found is not None:

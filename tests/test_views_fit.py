@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 
 from hosting.models import Build, Deployment
 from models_catalog.models import CatalogModel, ModelFile, RigFile
-from tests.helpers import make_node, page
+from tests.helpers import make_node, page, queued_messages
 from tests.test_planner import CPU_RIG, SEED_RIG, llama_8b, llama_70b, rig
 
 pytestmark = pytest.mark.django_db
@@ -29,7 +29,8 @@ def llama():
 def rigs_(db):
     alpha, _token = make_node("alpha", hardware=SEED_RIG)
     cpu, _token = make_node("cpu-box", hardware=CPU_RIG)
-    return alpha, cpu
+    yield alpha, cpu
+    queued_messages(alpha.queue)  # leaves the memory:// broker empty for the next test
 
 
 def host_link(node, rig_file):
@@ -190,3 +191,22 @@ def test_the_seed_dual_preset_is_refused_on_a_one_gpu_rig(operator_client, alpha
                                     form_data(alpha_file, preset="seed-dual-gpu"))
     assert response.status_code == 200 and not Deployment.objects.exists()
     assert "tensor split 1,1 has 2 share(s) for the rig's 1 GPU(s)" in page(response)
+
+
+def test_choosing_another_file_in_the_form_reloads_it_at_that_files_plan(operator_client, alpha_file):
+    other = RigFile.objects.create(node=alpha_file.node, path="/models/other.gguf", size=1 << 20)
+    response = operator_client.get(f"/rigs/alpha/deployments/new/?file={other.pk}")
+    content = page(response)
+    assert 'hx-get="/rigs/alpha/deployments/new/" hx-trigger="change"' in content  # the select asks again on change
+    assert "Fit planner: the model's header has not been read yet" in content  # a scanned file with no facts
+    # What the select sends on change wins over the file the page came from.
+    response = operator_client.get(f"/rigs/alpha/deployments/new/?file={other.pk}&model_file={alpha_file.pk}")
+    assert response.context["form"]["model_file"].value() == alpha_file.pk
+    assert response.context["form"]["n_gpu_layers"].value() == 33
+
+
+def test_the_edit_page_shows_the_plan_of_the_saved_settings(operator_client, alpha_file):
+    deployment = Deployment.objects.create(node=alpha_file.node, name="llama", model_file=alpha_file,
+                                           build=Build.objects.get(), port=9100, ctx_size=8192, parallel=4)
+    content = page(operator_client.get(f"/rigs/alpha/deployments/{deployment.pk}/edit/"))
+    assert "Fit planner for llama-Q4_K_M.gguf: fits on 2× RTX 3090 with" in content
