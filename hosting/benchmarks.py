@@ -137,7 +137,7 @@ def roofline(deployment):
     size = weight_bytes(deployment.model_file)
     total = sum(share for share, _gpu in used)
     seconds = sum(share / total * size / (gpu["mem_bandwidth_gbs"] * 1e9) for share, gpu in used)
-    return {"tps": 1 / seconds, "bytes": size, "gpus": [gpu.get("name", "") for _s, gpu in used],
+    return {"tps": 1 / seconds, "bytes": size, "gb": round(size / 1e9, 2), "gpus": [gpu.get("name", "") for _s, gpu in used],
             "gbs": [gpu["mem_bandwidth_gbs"] for _s, gpu in used]}
 
 

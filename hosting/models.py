@@ -240,4 +240,21 @@ class EconomicsSettings(models.Model):
 
     @classmethod
     def current(cls):
-        return cls.objects.order_by("pk").first() or cls.objects.create()
+        if not cls.objects.exists():
+            cls.objects.create()
+        return cls.objects.order_by("pk").first()  # read back: the prices as stored (0.1500), not as typed
+
+    @property
+    def electricity_text(self):
+        return _plain(self.electricity_usd_per_kwh, 4)
+
+    @property
+    def mor_usd_text(self):
+        return _plain(self.mor_usd, 2)
+
+
+def _plain(value, places):
+    """A Decimal with at least `places` decimals and no exponent: 10 → '10.00', 0.000001 → '0.000001'."""
+    value = Decimal(value).normalize()
+    exponent = value.as_tuple().exponent
+    return format(value.quantize(Decimal(1).scaleb(min(-places, exponent))), "f")

@@ -128,6 +128,9 @@ def desired_specs(node):
     return specs
 
 
+BENCHMARK_REQUEST = {}  # settings every benchmark from the panel uses (tests shorten the prompts)
+
+
 def start_benchmark(deployment, user, request=None):
     """A throughput sweep on the rig (nodes/agent/benchmark.py); refused unless the server is healthy, since a
     sweep of a loading or stopped server measures nothing."""
@@ -138,8 +141,10 @@ def start_benchmark(deployment, user, request=None):
         rig = "" if deployment.node.status == "online" else f" (rig {deployment.node.status})"
         why = f": {deployment.message}" if deployment.message and state != "stopped" else ""
         raise Refused(f"{deployment.name} is {state}{rig}{why}; benchmark a healthy server")
+    request = {**benchmark.fitted_defaults(deployment.parallel, deployment.ctx_size), **BENCHMARK_REQUEST,
+               **(request or {})}
     try:
-        clean = benchmark.check_request(request or {}, deployment.parallel, deployment.ctx_size)
+        clean = benchmark.check_request(request, deployment.parallel, deployment.ctx_size)
     except benchmark.BenchmarkError as exc:
         raise Refused(str(exc)) from None
     request = {key: value for key, value in clean.items() if value is not None}

@@ -58,6 +58,16 @@ def check_request(request, parallel, ctx_size):
     return clean
 
 
+def fitted_defaults(parallel, ctx_size):
+    """DEFAULTS shrunk to fit one slot (ctx-size ÷ parallel): a small slot gets shorter prompts, in the same 4:1."""
+    slot = ctx_size // parallel
+    total = DEFAULTS["prompt_tokens"] + DEFAULTS["gen_tokens"]
+    if total <= slot:
+        return {"prompt_tokens": DEFAULTS["prompt_tokens"], "gen_tokens": DEFAULTS["gen_tokens"]}
+    gen = max(1, slot * DEFAULTS["gen_tokens"] // total)
+    return {"prompt_tokens": max(1, slot - gen - 1), "gen_tokens": gen}
+
+
 def levels(parallel, max_concurrency=None):
     """1, 2, 4, … below the slot count, then the slot count itself: [1, 2, 4, 8, 16, 22] for 22 slots."""
     top = min(parallel, max_concurrency or parallel)
