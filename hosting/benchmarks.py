@@ -50,8 +50,7 @@ def clean_result(result, parallel):
             "per_stream_tps": _num(raw, "per_stream_tps", 0, 10**7),
             "min_stream_tps": _num(raw, "min_stream_tps", 0, 10**7),
             "prompt_tps": _num(raw, "prompt_tps", 0, 10**8),
-            "ttft_ms": _num(raw, "ttft_ms", 0, 86_400_000),
-            "ttft_max_ms": _num(raw, "ttft_max_ms", 0, 86_400_000),
+            "ttft_ms": _num(raw, "ttft_ms", 0, 86_400_000), "ttft_max_ms": _num(raw, "ttft_max_ms", 0, 86_400_000),
             "power_w": _num(raw, "power_w", 0, 100_000, required=False),
         }
         if step["concurrency"] <= previous:
@@ -74,11 +73,13 @@ def operation_changed(operation):
     operation's target, the panel's own record), once."""
     if operation.kind != Operation.BENCHMARK or operation.status != Operation.SUCCEEDED:
         return
-    deployment = (Deployment.objects.select_related("build").filter(node=operation.node_id, name=operation.target)
-                  .first())
+    deployments = Deployment.objects.select_related("build")
+    deployment = deployments.filter(node=operation.node_id, name=operation.target).first()
     if deployment is None or Benchmark.objects.filter(operation=operation).exists():
         return
     try:
+        if (operation.result or {}).get("deployment_id") not in (None, deployment.pk):
+            raise BadResult("the result names another deployment")
         clean = clean_result(operation.result, deployment.parallel)
     except BadResult as exc:
         log.warning("benchmark result of operation %s refused: %s", operation.pk, exc)
@@ -100,7 +101,8 @@ def operation_changed(operation):
                 deployment=deployment, node_id=operation.node_id, operation=operation, build=deployment.build,
                 build_version=version, created=operation.finished or operation.created, parameters=parameters,
                 steps=steps, single_tps=single["per_stream_tps"], prompt_tps=single["prompt_tps"],
-                ttft_ms=single["ttft_ms"], best_aggregate_tps=best["aggregate_tps"], best_concurrency=best["concurrency"],
+                ttft_ms=single["ttft_ms"], best_aggregate_tps=best["aggregate_tps"],
+                best_concurrency=best["concurrency"],
                 recommended_sessions=clean["recommended"], recommended_tps=chosen["aggregate_tps"],
                 power_w=chosen["power_w"] if measured else settings_row.cpu_rig_watts,
                 power_source=Benchmark.NVML if measured else Benchmark.CONFIGURED)
@@ -137,8 +139,8 @@ def roofline(deployment):
     size = weight_bytes(deployment.model_file)
     total = sum(share for share, _gpu in used)
     seconds = sum(share / total * size / (gpu["mem_bandwidth_gbs"] * 1e9) for share, gpu in used)
-    return {"tps": 1 / seconds, "bytes": size, "gb": round(size / 1e9, 2), "gpus": [gpu.get("name", "") for _s, gpu in used],
-            "gbs": [gpu["mem_bandwidth_gbs"] for _s, gpu in used]}
+    return {"tps": 1 / seconds, "bytes": size, "gb": round(size / 1e9, 2),
+            "gpus": [gpu.get("name", "") for _s, gpu in used], "gbs": [gpu["mem_bandwidth_gbs"] for _s, gpu in used]}
 
 
 REFERENCES = (
@@ -210,7 +212,9 @@ def economics_of(bench, settings_row=None):
     settings_row = settings_row or EconomicsSettings.current()
     profile = bench.node.profile
     hardware_usd = Decimal(profile.total_cost) if profile is not None else None
-    watts = Decimal(str(bench.power_w)) if bench.power_w is not None else Decimal(settings_row.cpu_rig_watts)
+    # Measured draw as the rig printed it; a configured one as the panel is set now.
+    measured = bench.power_source == Benchmark.NVML and bench.power_w is not None
+    watts = Decimal(str(bench.power_w)) if measured else Decimal(settings_row.cpu_rig_watts)
     try:
         result = economics.costs(watts=watts, usd_per_kwh=settings_row.electricity_usd_per_kwh,
                                  mor_usd=settings_row.mor_usd, aggregate_tps=Decimal(str(bench.recommended_tps)),

@@ -231,10 +231,10 @@ class EconomicsSettings(models.Model):
                                                   validators=[MinValueValidator(Decimal("0"))])
     mor_usd = models.DecimalField("MOR price ($)", max_digits=14, decimal_places=6, default=Decimal("10"),
                                   validators=[MinValueValidator(Decimal("0.000001"))])
-    amortisation_months = models.PositiveIntegerField(default=24, validators=[MinValueValidator(1),
-                                                                             MaxValueValidator(240)])
-    cpu_rig_watts = models.PositiveIntegerField("wattage of a CPU-only rig (W)", default=150,
-                                                validators=[MinValueValidator(1), MaxValueValidator(100_000)])
+    amortisation_months = models.PositiveIntegerField(
+        default=24, validators=[MinValueValidator(1), MaxValueValidator(240)])
+    cpu_rig_watts = models.PositiveIntegerField(
+        "wattage of a CPU-only rig (W)", default=150, validators=[MinValueValidator(1), MaxValueValidator(100_000)])
     updated = models.DateTimeField(default=timezone.now)
     updated_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
 

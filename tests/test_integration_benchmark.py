@@ -87,12 +87,20 @@ def test_it_benchmarks_a_healthy_server_and_refuses_a_stopped_one(alpha, operato
     assert isinstance(wei, int) and wei >= 10_000_000_000
     assert f'title="{wei} wei/s">' in text and "MOR/s</span> per session" in text
 
+    # Numbers the panel would not send are refused on the rig too, before any request reaches the server.
+    bad = start_operation(node, Operation.BENCHMARK, target="tiny",
+                          payload={"deployment_id": deployment.pk, "request": {"prompt_tokens": 10**6}})
+    bad = _finished(bad)
+    assert bad.status == Operation.FAILED
+    assert bad.message == "refused on the rig: prompt_tokens must be between 1 and 16384 (got 1000000)"
+
     # Stopped: refused on the panel with the reason, no operation sent.
     operator_client.post(f"/deployments/{deployment.pk}/stop/")
     wait_until(lambda: Deployment.objects.get(pk=deployment.pk).actual_state == "stopped", message="stopped")
     response = operator_client.post(f"/deployments/{deployment.pk}/benchmarks/run/", follow=True)
     assert "Not started: tiny is stopped; benchmark a healthy server" in page(response)
-    assert Operation.objects.filter(kind=Operation.BENCHMARK).count() == 1
+    assert Operation.objects.filter(kind=Operation.BENCHMARK).count() == 2
+    assert Benchmark.objects.count() == 1
 
 
 def test_a_server_that_is_not_healthy_on_the_rig_fails_the_benchmark_with_the_reason(alpha, operator_client, tmp_path):

@@ -53,7 +53,7 @@ def _step(concurrency, per_stream, aggregate, power=300.0):
 RESULT = {"steps": [_step(1, 112.0, 110.0, 280.0), _step(2, 100.0, 199.0), _step(4, 90.0, 350.0, 330.0),
                     _step(8, 70.0, 560.0)],
           "parameters": {"prompt_tokens": 512, "gen_tokens": 128, "min_stream_tps": 10.0, "parallel": 8},
-          "recommended_sessions": 4, "build_info": "b1-abc1234", "deployment_id": 0}
+          "recommended_sessions": 4, "build_info": "b1-abc1234"}
 
 
 def _succeed(deployment, result=RESULT, node=None):
@@ -89,6 +89,7 @@ def test_a_cpu_rig_uses_the_configured_wattage_and_bad_or_foreign_results_store_
     _succeed(deployment, RESULT)
     failed = Operation.objects.create(node=node, kind=Operation.BENCHMARK, target=deployment.name)
     failed.apply_report(Operation.FAILED, "no", result=cpu_result)
+    _succeed(deployment, {**cpu_result, "deployment_id": deployment.pk + 1})  # a result about another deployment
     # Another rig naming this deployment: its operation's target is looked up on its own rig only.
     _succeed(deployment, cpu_result, node=_rig("beta"))
     assert Benchmark.objects.count() == 1

@@ -118,7 +118,8 @@ class Client:
             response = connection.getresponse()
             body = response.read(1024 * 1024)
             if response.status != 200:
-                raise BenchmarkError(f"GET {path} answered HTTP {response.status}: {body[:200].decode(errors='replace')}")
+                raise BenchmarkError(f"GET {path} answered HTTP {response.status}: "
+                                     f"{body[:200].decode(errors='replace')}")
             return json.loads(body)
         finally:
             connection.close()
@@ -130,7 +131,8 @@ class Client:
             response = connection.getresponse()
             body = response.read(16 * 1024 * 1024)
             if response.status != 200:
-                raise BenchmarkError(f"POST {path} answered HTTP {response.status}: {body[:200].decode(errors='replace')}")
+                raise BenchmarkError(f"POST {path} answered HTTP {response.status}: "
+                                     f"{body[:200].decode(errors='replace')}")
             return json.loads(body)
         finally:
             connection.close()
@@ -181,7 +183,8 @@ def prompts(client, count, length):
     tokens = client.post_json("/tokenize", {"content": words, "add_special": False}).get("tokens") or []
     tokens = [t if isinstance(t, int) else t.get("id") for t in tokens]
     if len(tokens) < count + length:
-        raise BenchmarkError(f"the server tokenised the benchmark text into {len(tokens)} tokens; need {count + length}")
+        raise BenchmarkError(f"the server tokenised the benchmark text into {len(tokens)} tokens; "
+                             f"need {count + length}")
     return [tokens[i:i + length] for i in range(count)]
 
 

@@ -54,8 +54,7 @@ def register(agent):
                                power_meter=PowerMeter, on_step=on_step)
         except (BenchmarkError, OSError, ValueError) as exc:
             log.warning("benchmark of deployment %s failed: %s", deployment_id, exc)
-            state = server.state if server.state != HEALTHY else "healthy"
-            agent.operation(operation_id, protocol.FAILED, f"benchmark failed (server {state}): {exc}")
+            agent.operation(operation_id, protocol.FAILED, f"benchmark failed (server {server.state}): {exc}")
             return
         result["deployment_id"] = deployment_id
         result["generation"] = spec.generation
