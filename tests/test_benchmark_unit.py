@@ -289,3 +289,26 @@ def test_the_default_lengths_shrink_to_fit_a_small_slot():
     small = benchmark.fitted_defaults(2, 512)  # 256-token slots
     assert small == {"prompt_tokens": 204, "gen_tokens": 51}
     assert benchmark.check_request(small, 2, 512) == {**benchmark.DEFAULTS, **small}
+
+
+# --- the prepared GPU check (bench/gpu_check.py) -----------------------------------------------------------------
+
+GPU_CHECK = [sys.executable, str(FAKES.parent.parent / "bench" / "gpu_check.py")]
+
+
+def test_the_gpu_check_stops_at_once_without_a_gpu_and_runs_its_pipeline_on_the_cpu(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(FAKES), "FAKE_NVML": "nodriver", "HOME": str(tmp_path)}
+    refused = subprocess.run(GPU_CHECK + ["--source", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                             env=env)
+    assert refused.returncode == 1 and "no NVIDIA GPU here: no NVIDIA driver" in refused.stderr
+    assert "building" not in refused.stdout
+    llama.server_binary()  # built (and cached) before the script asks for it
+    smoke = subprocess.run(GPU_CHECK + ["--cpu-smoke", "--parallel", "2", "--prompt", "32", "--gen", "8",
+                                        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120,
+                           env={**env, "MORPHEUS_TEST_CACHE": str(llama.CACHE)})
+    assert smoke.returncode == 0, smoke.stdout[-2000:] + smoke.stderr[-2000:]
+    assert "step 2/2:   2 streams" in smoke.stdout and "recommended sessions" in smoke.stdout
+    summary = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert summary["quant"] == "q4_0" and summary["roofline_tps"] is None  # a random Q4_0 model, on the CPU
+    assert [s["generated"] for s in summary["result"]["steps"]] == [8, 16]
