@@ -3,6 +3,7 @@
 from django import forms
 
 from hosting.models import EconomicsSettings
+from nodes.agent import benchmark as sweep
 
 
 class EconomicsForm(forms.ModelForm):
@@ -15,3 +16,15 @@ class EconomicsForm(forms.ModelForm):
         help_texts = {"cpu_rig_watts": "Used where NVML cannot measure the draw during a benchmark.",
                       "amortisation_months": "The rig's planned build cost is spread over this many months "
                                              "(730 h each)."}
+
+
+class BenchmarkForm(forms.Form):
+    """Optional lengths per stream; left empty, the defaults that fit the server's slots (nodes/agent/benchmark.py)."""
+
+    prompt_tokens = forms.IntegerField(required=False, min_value=sweep.LIMITS["prompt_tokens"][0],
+                                       max_value=sweep.LIMITS["prompt_tokens"][1], label="Prompt tokens per stream")
+    gen_tokens = forms.IntegerField(required=False, min_value=sweep.LIMITS["gen_tokens"][0],
+                                    max_value=sweep.LIMITS["gen_tokens"][1], label="Generated tokens per stream")
+
+    def request(self):
+        return {key: value for key, value in self.cleaned_data.items() if value is not None}

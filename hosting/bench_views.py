@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from hosting import benchmarks, services
-from hosting.bench_forms import EconomicsForm
+from hosting.bench_forms import BenchmarkForm, EconomicsForm
 from hosting.models import Deployment, EconomicsSettings
 from nodes.agent import benchmark as sweep
 from nodes.models import Operation
@@ -26,6 +26,7 @@ def benchmark_context(deployment):
         "bench_latest": latest, "bench_history": history, "bench_chart": benchmarks.history_chart(history),
         "bench_operation": running, "bench_roofline": roofline, "bench_references": benchmarks.references(deployment),
         "bench_rule": sweep.RULE, "bench_economics": benchmarks.economics_of(latest) if latest else None,
+        "bench_defaults": sweep.fitted_defaults(deployment.parallel, deployment.ctx_size),
     }
     if latest and "tps" in roofline:
         context["bench_ratio"] = latest.single_tps / roofline["tps"]
@@ -37,8 +38,13 @@ def benchmark_context(deployment):
 def deployment_benchmark(request, pk):
     require_operator(request)
     deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
+    form = BenchmarkForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Not started: " + "; ".join(f"{form[name].label}: {' '.join(errors)}"
+                                                             for name, errors in form.errors.items()))
+        return redirect(deployment)
     try:
-        services.start_benchmark(deployment, request.user)
+        services.start_benchmark(deployment, request.user, form.request())
     except services.Refused as exc:
         messages.error(request, f"Not started: {exc}")
     else:

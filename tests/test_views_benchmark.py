@@ -113,6 +113,25 @@ def test_the_button_is_for_operators_and_sends_the_sweep_to_the_rig(clients, dja
         "prompt_tokens": 512, "gen_tokens": 128, "min_stream_tps": 10.0}}
 
 
+def test_the_operator_may_set_the_lengths_and_bad_ones_are_refused(clients, django_capture_on_commit_callbacks):
+    operator_client = clients[2]
+    deployment = _deployment(_rig())
+    url = f"/deployments/{deployment.pk}/benchmarks/run/"
+    text = page(operator_client.post(url, {"prompt_tokens": "0", "gen_tokens": "x"}, follow=True))
+    assert "Not started: Prompt tokens per stream: Ensure this value is greater than or equal to 1." in text
+    assert "Generated tokens per stream: Enter a whole number." in text
+    text = page(operator_client.post(url, {"prompt_tokens": "2000", "gen_tokens": "100"}, follow=True))
+    assert "prompt 2000 + generation 100 tokens do not fit a slot of 2048 tokens (ctx-size 16384 / parallel 8)" in text
+    assert not Operation.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        operator_client.post(url, {"prompt_tokens": "64", "gen_tokens": ""})
+    ((_task, _args, kwargs, _expires),) = [tuple(m)[:4] for m in queued_messages(deployment.node.queue)]
+    assert unsealed(deployment.node, kwargs)["request"] == {"prompt_tokens": 64, "gen_tokens": 128,
+                                                            "min_stream_tps": 10.0}
+    form = page(operator_client.get(f"/deployments/{deployment.pk}/"))
+    assert 'id="bench-prompt" hx-preserve="true" name="prompt_tokens" min="1" max="16384" placeholder="512"' in form
+
+
 @pytest.mark.parametrize("fields, reason", [
     ({"actual_state": "loading", "message": "loading model"}, "llama is loading: loading model"),
     ({"desired_state": "stopped", "actual_state": "stopped"}, "llama is stopped;"),
