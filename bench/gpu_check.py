@@ -6,6 +6,7 @@ roofline (GPU memory bandwidth ÷ bytes of weights).
     .venv/bin/python bench/gpu_check.py --source /path/to/llama.cpp            # a git folder (no network needed)
     .venv/bin/python bench/gpu_check.py --source ~/llama.cpp --ref b6500 --quant q8_0 --parallel 8 --out /tmp/out
     .venv/bin/python bench/gpu_check.py --cpu-smoke                            # this pipeline on a CPU, small model
+    .venv/bin/python bench/gpu_check.py --cpu-smoke --full-model --prompt 16 --gen 4   # the 8B file on a CPU
 
 Costs: the CUDA build compiles for the GPUs' own architecture only (minutes on 16 cores; ccache under --work makes
 a second run seconds). The 8B model is written block by block: Q4_0 4.7 GB, Q8_0 8.5 GB, in about 10-40 s
@@ -189,6 +190,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=None, help="compile jobs (default: every core)")
     parser.add_argument("--out", help="folder for result.json")
     parser.add_argument("--cpu-smoke", action="store_true", help="run the whole pipeline on the CPU, small model")
+    parser.add_argument("--full-model", action="store_true", help="with --cpu-smoke: the 8B shape all the same")
     args = parser.parse_args()
     if not args.cpu_smoke and not (args.source or args.binary):
         parser.error("--source (a llama.cpp git folder) or --binary is needed for the GPU check")
@@ -209,7 +211,7 @@ def main():
                      "or pass --binary")
 
     binary, version = build_server(args, hardware, work)
-    shape = SMOKE if args.cpu_smoke else LLAMA3_8B
+    shape = SMOKE if args.cpu_smoke and not args.full_model else LLAMA3_8B
     model = work / f"{shape['name']}-{args.quant.upper()}.gguf"
     started = time.monotonic()
     if not model.exists():

@@ -2,12 +2,15 @@
 
 import logging
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from .. import protocol
 from ..benchmark import BenchmarkError, check_request, run_sweep
 from ..probe import PowerMeter
 from ..supervisor import HEALTHY
 
 log = logging.getLogger("morpheus.agent")
+LIMIT = 570  # seconds: inside the panel's default run limit (600 s), so the rig's reason lands first
 
 
 def server_address(host, port):
@@ -18,17 +21,15 @@ def server_address(host, port):
 
 
 def register(agent):
-    # Minutes at most: the panel fails an operation after MORPHEUS_RUN_TIMEOUT (600 s by default) anyway.
-    @agent.command(protocol.AGENT_BENCHMARK_DEPLOYMENT, soft_time_limit=900, time_limit=960)
+    @agent.command(protocol.AGENT_BENCHMARK_DEPLOYMENT, soft_time_limit=LIMIT, time_limit=LIMIT + 60)
     def benchmark_deployment(operation_id, deployment_id, request):
         with agent.claimed(operation_id) as mine:
             if mine:
                 benchmark(operation_id, deployment_id, request)
 
     def benchmark(operation_id, deployment_id, request):
-        supervisor = getattr(agent, "supervisor", None)
-        server = supervisor.servers.get(deployment_id) if supervisor is not None and isinstance(deployment_id, int) \
-            else None
+        servers = agent.supervisor.servers if hasattr(agent, "supervisor") else {}
+        server = servers.get(deployment_id) if isinstance(deployment_id, int) else None
         if server is None:
             agent.operation(operation_id, protocol.FAILED, f"deployment {deployment_id} is not on this rig")
             return
@@ -52,6 +53,10 @@ def register(agent):
         try:
             result = run_sweep(server_address(spec.host, spec.port), spec.api_key, clean, spec.parallel,
                                power_meter=PowerMeter, on_step=on_step)
+        except SoftTimeLimitExceeded:
+            agent.operation(operation_id, protocol.FAILED, f"benchmark stopped after {LIMIT // 60} min: too slow a "
+                            "server for these lengths; try fewer prompt or generated tokens")
+            return
         except (BenchmarkError, OSError, ValueError) as exc:
             log.warning("benchmark of deployment %s failed: %s", deployment_id, exc)
             agent.operation(operation_id, protocol.FAILED, f"benchmark failed (server {server.state}): {exc}")
