@@ -1,6 +1,7 @@
 from django import forms
 
 from hosting.models import Build, Deployment
+from models_catalog import fit, planner
 from models_catalog.models import RigFile
 from nodes.agent import builder, serverspec
 
@@ -79,6 +80,7 @@ class DeploymentForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.node = node
         self.warnings = []  # saved anyway; the view shows them
+        self.plan = None  # the fit planner's verdict on what was submitted
         self.fields["model_file"].queryset = RigFile.objects.filter(node=node)
         self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
         self.fields["model_file"].label = "Model file on this rig"
@@ -140,8 +142,38 @@ class DeploymentForm(forms.ModelForm):
             )
         except serverspec.SpecError as exc:
             raise forms.ValidationError(str(exc)) from None
-        self.warnings = self._warnings(data, model_file)
+        try:
+            self.plan = self._plan(data, model_file, flags)
+        except planner.PlanRefused as exc:
+            raise forms.ValidationError(str(exc)) from None
+        self.warnings = self._warnings(data, model_file, flags)
         return data
+
+    def _plan(self, data, model_file, flags):
+        """The planner's verdict on these settings (None when the file's header or the rig's hardware is not known
+        well enough to plan). Raises PlanRefused for what llama-server cannot run as asked."""
+        trained = trained_context(model_file)
+        per_slot = data["ctx_size"] // data["parallel"]
+        rope = fit.has_rope_setting(flags)
+        if trained and per_slot > trained and not rope:
+            raise planner.PlanRefused(
+                f"ctx-size {data['ctx_size']} gives each of the {data['parallel']} parallel slots {per_slot} tokens, "
+                f"more than the {trained} {model_file.basename} was trained on: use ctx-size "
+                f"{trained * data['parallel']} or less, or add a rope setting (--rope-freq-scale=…) to stretch it")
+        no_gpus = has_no_gpus(self.node)
+        try:
+            return fit.plan_rig_file(
+                model_file, self.node, ctx_size=data["ctx_size"], parallel=data["parallel"],
+                # On a rig without GPUs llama-server ignores the layers (a warning, not a refusal).
+                n_gpu_layers=None if no_gpus else data["n_gpu_layers"], tensor_split=data.get("tensor_split") or None,
+                cache_type_k=data["cache_type_k"], cache_type_v=data["cache_type_v"], flash_attn=data["flash_attn"],
+                rope_scaling=rope)
+        except planner.HeaderNeedsReading:
+            return None
+        except planner.PlanRefused as exc:
+            if "not reported its hardware" in str(exc) or "header facts" in str(exc):
+                return None  # nothing to plan against: the launch is not refused for it
+            raise
 
     def _own_server_listens(self, port):
         """The rig reports this deployment's own running server on its saved port: keeping that port is fine."""
@@ -150,14 +182,17 @@ class DeploymentForm(forms.ModelForm):
         saved = Deployment.objects.filter(pk=self.instance.pk).values_list("port", "actual_state").first()
         return saved is not None and saved[0] == port and saved[1] in ("pending", "starting", "loading", "healthy")
 
-    def _warnings(self, data, model_file):
+    def _warnings(self, data, model_file, flags):
         warnings = []
         trained = trained_context(model_file)
         per_slot = data["ctx_size"] // data["parallel"]
-        if trained and per_slot > trained:
+        if trained and per_slot > trained:  # allowed only with a rope setting (see _plan)
             warnings.append(f"Each of the {data['parallel']} parallel slots gets {per_slot} tokens of context, more "
-                            f"than the {trained} {model_file.basename} was trained on: llama-server warns of a "
-                            "training context overflow and answers past that length may degrade.")
+                            f"than the {trained} {model_file.basename} was trained on, stretched by your rope "
+                            "setting: answers past the trained length may degrade.")
+        if self.plan is not None and not self.plan.fits:
+            warnings.append(f"The fit planner says this does not fit: {self.plan.summary}. Saved as you asked; "
+                            "llama-server may fail to load it.")
         if data["n_gpu_layers"] and has_no_gpus(self.node):
             warnings.append(f"{self.node.name} reports no GPU: llama-server ignores --n-gpu-layers "
                             f"{data['n_gpu_layers']} there and runs on the CPU.")
@@ -208,9 +243,26 @@ def trained_context(rig_file):
     return None
 
 
-def suggested_settings(node, rig_file=None):
-    """The seed guide's single-GPU values, fitted to the rig (no GPU: no GPU layers) and the model (each parallel
-    slot within the context it was trained on)."""
+def planned_settings(node, rig_file, ctx_size=None, parallel=None):
+    """(the host form's values from the fit planner, the plan) for a file on a rig; (None, why) when it cannot plan."""
+    try:
+        plan = fit.plan_rig_file(rig_file, node, ctx_size=ctx_size, parallel=parallel)
+    except planner.PlanRefused as exc:
+        return None, str(exc)
+    flags = dict(plan.flags)
+    if not flags.get("threads"):
+        flags.pop("threads", None)
+    return flags, plan
+
+
+def suggested_settings(node, rig_file=None, ctx_size=None, parallel=None):
+    """The fit planner's flags for this file on this rig when it can plan them; else the seed guide's single-GPU
+    values, fitted to the rig (no GPU: no GPU layers) and the model (each parallel slot within the context it was
+    trained on)."""
+    if rig_file is not None:
+        planned, _plan = planned_settings(node, rig_file, ctx_size, parallel)
+        if planned is not None:
+            return planned
     settings = {key: value for key, value in serverspec.PRESETS["seed-single-gpu"].items() if key != "label"}
     if has_no_gpus(node):
         settings["n_gpu_layers"] = 0

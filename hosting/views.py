@@ -10,8 +10,9 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
 from hosting import bench_views, services
-from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port, suggested_settings
+from hosting.forms import AdoptForm, BuildForm, DeploymentForm, planned_settings, suggest_port, suggested_settings
 from hosting.models import Build, Deployment
+from models_catalog.forms import FitForm
 from nodes import reauth
 from nodes.agent import builder
 from nodes.models import Node
@@ -117,14 +118,17 @@ def deployment_edit(request, name, pk=None):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
     instance = get_object_or_404(Deployment, pk=pk, node=node) if pk else None
-    initial = {}
+    initial, plan = {}, None
     if instance is None:
         default_build = node.builds.filter(status=Build.READY, is_default=True).first()
-        model_files = list(node.model_files.all()[:2])
-        only_file = model_files[0] if len(model_files) == 1 else None
+        chosen = _chosen_file(request, node)
+        wanted = FitForm(request.GET)
+        wanted = wanted.cleaned_data if wanted.is_valid() else {}
+        if chosen is not None:
+            _settings, plan = planned_settings(node, chosen, wanted.get("ctx_size"), wanted.get("parallel"))
         # Values fill the fields rather than a preset left selected, which would overwrite what the provider types.
-        initial = {"port": suggest_port(node), "build": default_build, "model_file": only_file,
-                   **suggested_settings(node, only_file)}
+        initial = {"port": suggest_port(node), "build": default_build, "model_file": chosen,
+                   **suggested_settings(node, chosen, wanted.get("ctx_size"), wanted.get("parallel"))}
     form = DeploymentForm(request.POST or None, node=node, instance=instance, initial=initial)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
@@ -140,7 +144,22 @@ def deployment_edit(request, name, pk=None):
             else:
                 messages.success(request, f"{deployment.name}: {operation.get_kind_display()} sent to {node.name}.")
         return redirect(deployment)
-    return render(request, "hosting/deployment_form.html", {"form": form, "node": node, "deployment": instance})
+    if form.is_bound and form.plan is not None:
+        plan = form.plan
+    return render(request, "hosting/deployment_form.html",
+                  {"form": form, "node": node, "deployment": instance, "plan": plan})
+
+
+def _chosen_file(request, node):
+    """The model file the form starts with: ?file=<id> (from a model's "which rigs can host this"), else the rig's
+    only one."""
+    wanted = request.GET.get("file", "")
+    if wanted.isdigit():
+        found = node.model_files.select_related("model_file").filter(pk=int(wanted)).first()
+        if found is not None:
+            return found
+    model_files = list(node.model_files.select_related("model_file")[:2])
+    return model_files[0] if len(model_files) == 1 else None
 
 
 @login_required

@@ -9,7 +9,8 @@ from django_htmx.http import HTMX_STOP_POLLING
 
 from models_catalog import hub
 from models_catalog.downloads import Refused, request_download
-from models_catalog.forms import DownloadForm, HubFileForm, TokenForm
+from models_catalog.fit import rigs_for
+from models_catalog.forms import DownloadForm, FitForm, HubFileForm, TokenForm
 from models_catalog.models import CatalogModel, HubSettings, ModelFile, RigFile
 from models_catalog.tasks import read_model_facts
 from nodes.agent import validation
@@ -117,9 +118,17 @@ def model_file_detail(request, pk):
         .select_related("node", "requested_by")[:20]
     nodes = Node.objects.order_by("name")
     form = DownloadForm(node_choices=[(n.name, n.name) for n in nodes])
-    context = {"model_file": model_file, "copies": copies, "operations": operations, "form": form}
-    if model_file.facts_at is None and cache.add(f"facts-read-{model_file.pk}", True, FACTS_READ_EVERY):
-        # Never read (a curated entry): the page says it is reading the header, so read it, once a while at most.
+    fit_form = FitForm(request.GET or None)
+    wanted = fit_form.cleaned_data if fit_form.is_valid() else {}
+    fits = rigs_for(model_file, nodes, wanted.get("ctx_size"), wanted.get("parallel")) if model_file.facts else []
+    context = {"model_file": model_file, "copies": copies, "operations": operations, "form": form,
+               "fit_form": fit_form, "fits": fits}
+    stale = model_file.facts and "planner_facts" not in model_file.facts  # read before the planner existed
+    if (model_file.facts_at is None or stale) and cache.add(f"facts-read-{model_file.pk}", True, FACTS_READ_EVERY):
+        # Never read (a curated entry), or read without what the planner needs: read it, once a while at most.
+        if stale:
+            ModelFile.objects.filter(pk=model_file.pk).update(facts_at=None)
+            model_file.facts_at = None
         transaction.on_commit(lambda: read_model_facts.delay(model_file.pk))
     if request.htmx:
         response = render(request, "models_catalog/model_file_detail.html#live", context)

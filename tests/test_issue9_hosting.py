@@ -150,17 +150,28 @@ def test_it_keeps_the_seed_values_on_a_gpu_rig_and_preselects_no_model_among_sev
     assert (form["n_gpu_layers"].value(), form["parallel"].value(), form["ctx_size"].value()) == (99, 4, 8192)
 
 
-def test_it_saves_more_context_than_the_model_was_trained_on_with_a_warning(operator_client, alpha, ready_build,
-                                                                            rig_file,
-                                                                            django_capture_on_commit_callbacks):
+def test_it_refuses_more_context_per_slot_than_the_model_was_trained_on_without_a_rope_setting(
+        operator_client, alpha, ready_build, rig_file, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = operator_client.post("/rigs/alpha/deployments/new/", form_data(
-            ready_build, rig_file, ctx_size=8192, parallel=4, n_gpu_layers=99), follow=True)
+            ready_build, rig_file, ctx_size=8192, parallel=4, n_gpu_layers=99))
+    assert response.status_code == 200 and not Deployment.objects.exists()
+    assert ("ctx-size 8192 gives each of the 4 parallel slots 2048 tokens, more than the 512 tiny-Q8_0.gguf was "
+            "trained on: use ctx-size 2048 or less, or add a rope setting") in page(response)
+    assert queued_messages(alpha.queue) == []
+
+
+def test_it_saves_more_context_than_the_model_was_trained_on_with_a_rope_setting_and_a_warning(
+        operator_client, alpha, ready_build, rig_file, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post("/rigs/alpha/deployments/new/", form_data(
+            ready_build, rig_file, ctx_size=8192, parallel=4, n_gpu_layers=99,
+            extra_flags_text="--rope-freq-scale=0.25"), follow=True)
     deployment = Deployment.objects.get()
     assert (deployment.ctx_size, deployment.n_gpu_layers) == (8192, 99)  # what the provider asked for
     content = page(response)
     assert ("Each of the 4 parallel slots gets 2048 tokens of context, more than the 512 tiny-Q8_0.gguf was "
-            "trained on") in content
+            "trained on, stretched by your rope setting") in content
     assert "alpha reports no GPU: llama-server ignores --n-gpu-layers 99 there" in content
 
 

@@ -7,12 +7,18 @@ otherwise twice as much is fetched and the parse repeated.
 """
 
 import os
+import re
 import tempfile
 
 from gguf import GGUFReader, LlamaFileType
 
 FIRST_FETCH = 1 << 20  # a 32k-vocab header is ~0.7 MB; a 128k-vocab Llama-3 one ~7.8 MB
 MAX_HEADER = 256 << 20
+
+
+# Bumped when facts gain what the fit planner reads; facts without it were read before and need reading again.
+PLANNER_FACTS = 1
+_LAYER_TENSOR = re.compile(r"^blk\.(\d{1,5})\.")
 
 
 class GGUFFactsError(ValueError):
@@ -55,6 +61,11 @@ def facts_from_reader(reader):
     if isinstance(kv_heads, list):
         kv_heads = max(kv_heads) if kv_heads else None
     file_type = _value(reader, "general.file_type")
+    return {**_basic_facts(reader, arch, arch_value, parameters, heads, kv_heads, file_type),
+            **_planner_facts(reader, arch_value)}
+
+
+def _basic_facts(reader, arch, arch_value, parameters, heads, kv_heads, file_type):
     return {
         "architecture": arch,
         "name": _value(reader, "general.name") or "",
@@ -72,6 +83,71 @@ def facts_from_reader(reader):
         "split_count": _value(reader, "split.count"),
         "header_bytes": int(reader.data_offset),
     }
+
+
+def _int_or_none(value):
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _planner_facts(reader, arch_value):
+    """What the fit planner needs beyond the basic facts: exact weight bytes per layer from the tensor infos,
+    and the attention shapes that size the KV cache. A few KB at most (one number per layer).
+
+    Where llama.cpp puts them: token_embd stays on the CPU; output.weight and output_norm go with the output
+    layer; a file without output.weight ties it to token_embd (llama.cpp then loads a second copy on the
+    output layer's device). A split model's first file lists only its own tensors: `tensors_complete` says so.
+    """
+    layers = _int_or_none(arch_value("block_count")) or 0
+    layer_bytes = [0] * layers
+    token_embd = output = other = 0
+    has_output = False
+    for tensor in reader.tensors:
+        name, size = tensor.name, int(tensor.n_bytes)
+        match = _LAYER_TENSOR.match(name)
+        if match and int(match.group(1)) < layers:
+            layer_bytes[int(match.group(1))] += size
+        elif name == "token_embd.weight":
+            token_embd += size
+        elif name.startswith(("output.", "output_norm.")):
+            output += size
+            has_output = has_output or name == "output.weight"
+        else:  # rope_freqs, token_embd_norm, position embeddings: small, kept with the output layer
+            other += size
+    heads = arch_value("attention.head_count")
+    kv_heads = arch_value("attention.head_count_kv")
+    width = _int_or_none(arch_value("embedding_length"))
+    common_heads = max(heads) if isinstance(heads, list) and heads else _int_or_none(heads)
+    head_width = width // common_heads if width and common_heads else None
+    split_count = _int_or_none(_value(reader, "split.count")) or 1
+    facts = {
+        "planner_facts": PLANNER_FACTS,
+        "layer_bytes": layer_bytes,
+        "token_embd_bytes": token_embd,
+        "output_bytes": output,
+        "output_tied": not has_output,
+        "other_bytes": other,
+        "tensors_complete": split_count <= 1,
+        "key_length": _int_or_none(arch_value("attention.key_length")) or head_width,
+        "value_length": _int_or_none(arch_value("attention.value_length")) or head_width,
+        # Per-layer counts only when the header stores an array (0 = a layer without attention, e.g. hybrids).
+        "head_count_kv_layers": [int(v) for v in kv_heads] if isinstance(kv_heads, list) else None,
+        # MoE: every expert's weights sit in memory (layer_bytes already counts them); only the compute
+        # buffer differs a little. The planner warns rather than models it.
+        "expert_count": _int_or_none(arch_value("expert_count")),
+        "expert_used_count": _int_or_none(arch_value("expert_used_count")),
+        "sliding_window": _int_or_none(arch_value("attention.sliding_window")),
+        "rope_scaling": _text_or_none(arch_value("rope.scaling.type")),
+        "rope_scaling_factor": _float_or_none(arch_value("rope.scaling.factor")),
+    }
+    return facts
+
+
+def _float_or_none(value):
+    return float(value) if _int_or_none(value) is not None else None
+
+
+def _text_or_none(value):
+    return value if isinstance(value, str) and value else None
 
 
 def read_local(path):
