@@ -218,9 +218,9 @@ def main():
         write_llama(model, shape, args.quant)
     facts = gguf_facts.read_local(model)
     size = model.stat().st_size
-    weights = size - facts["header_bytes"]
-    say(f"model {model.name}: {facts['parameters'] / 1e6:,.1f} M parameters, {size / 1e9:.2f} GB "
-        f"({weights / 1e9:.2f} GB of weights), written in {time.monotonic() - started:.0f} s")
+    weights, basis = benchmark.bytes_per_token(facts, size)
+    say(f"model {model.name}: {facts['parameters'] / 1e6:,.1f} M parameters, {size / 1e9:.2f} GB; "
+        f"{weights / 1e9:.2f} GB read per token ({basis}); written in {time.monotonic() - started:.0f} s")
 
     flags = plan_flags(facts, hardware, args.parallel, args.cpu_smoke)
     spec = {"deployment_id": 1, "binary": str(binary), "model_path": str(model), "port": args_port(),
@@ -252,7 +252,7 @@ def main():
     best = max(result["steps"], key=lambda s: s["aggregate_tps"])
     print()
     print(f"build          {version} {result['build_info']}")
-    print(f"model          {shape['name']} {args.quant.upper()}, {weights / 1e9:.2f} GB of weights")
+    print(f"model          {shape['name']} {args.quant.upper()}, {weights / 1e9:.2f} GB of weights read per token")
     print(f"single stream  {single:.1f} tok/s generation, {result['steps'][0]['prompt_tps']:.0f} tok/s prompt, "
           f"{result['steps'][0]['ttft_ms']:.0f} ms to first token")
     print(f"best aggregate {best['aggregate_tps']:.1f} tok/s at {best['concurrency']} streams; "

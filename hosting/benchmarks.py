@@ -113,11 +113,8 @@ def operation_changed(operation):
 # --- roofline and published references -----------------------------------------------------------------------
 
 def weight_bytes(rig_file):
-    """Bytes of weights: the file less its header (tokenizer and metadata) when the facts say, else the file."""
-    header = (rig_file.facts or {}).get("header_bytes")
-    if isinstance(header, int) and 0 < header < rig_file.size:
-        return rig_file.size - header
-    return rig_file.size
+    """(bytes of weights each generated token reads, how they were counted): nodes/agent/benchmark.py."""
+    return sweep.bytes_per_token(rig_file.facts, rig_file.size)
 
 
 def roofline(deployment):
@@ -136,10 +133,10 @@ def roofline(deployment):
     if unknown or not used:
         return {"missing": f"memory bandwidth of {', '.join(unknown) or 'the GPUs'} unknown (NVML did not say and "
                            "it is not in the table of known cards): no roofline"}
-    size = weight_bytes(deployment.model_file)
+    size, basis = weight_bytes(deployment.model_file)
     total = sum(share for share, _gpu in used)
     seconds = sum(share / total * size / (gpu["mem_bandwidth_gbs"] * 1e9) for share, gpu in used)
-    return {"tps": 1 / seconds, "bytes": size, "gb": round(size / 1e9, 2),
+    return {"tps": 1 / seconds, "bytes": size, "gb": round(size / 1e9, 2), "basis": basis,
             "gpus": [gpu.get("name", "") for _s, gpu in used], "gbs": [gpu["mem_bandwidth_gbs"] for _s, gpu in used]}
 
 

@@ -221,6 +221,16 @@ def test_roofline_is_bandwidth_over_weight_bytes_and_the_3090_references_match()
     assert "runs on the CPU" in roofline(one)["missing"]
 
 
+def test_a_token_reads_every_layer_and_the_output_but_one_row_of_the_embeddings():
+    facts = {"layer_bytes": [100] * 4, "output_bytes": 50, "other_bytes": 2, "token_embd_bytes": 50,
+             "output_tied": False, "tensors_complete": True, "header_bytes": 10}
+    assert benchmark.bytes_per_token(facts, 1000)[0] == 452
+    assert benchmark.bytes_per_token({**facts, "output_tied": True}, 1000)[0] == 502  # the output is the table
+    assert benchmark.bytes_per_token({**facts, "tensors_complete": False}, 1000) == (990, "the file less its header")
+    assert benchmark.bytes_per_token({}, 1000) == (1000, "the file's size")
+    assert benchmark.bytes_per_token({**facts, "layer_bytes": ["x"]}, 1000)[0] == 990  # a hostile header: no
+
+
 def test_the_history_chart_puts_the_oldest_left():
     class Run:
         def __init__(self, single, best):

@@ -168,7 +168,7 @@ def test_the_page_shows_the_sweep_roofline_references_and_economics(clients):
     assert '"bench-single">112.0</span> tok/s generation · 3900.0 tok/s prompt · 121 ms to first token' in text
     assert "560.0 tok/s at 8 streams" in text and "4 <span class=\"muted\">(350.0 tok/s together)" in text
     # 936 GB/s ÷ 4.936 GB of weights less the 8 MB header = 189.9 tok/s; 112 / 189.9 = 0.59.
-    assert "189.9 tok/s = 936.0 GB/s ÷ 4.93 GB of weights" in text and "measured / roofline = <strong id=\"bench-ratio\">0.59</strong>" in text
+    assert "189.9 tok/s = 936.0 GB/s ÷ <span title=\"the file less its header\">4.93 GB of weights read per token" in text and "measured / roofline = <strong id=\"bench-ratio\">0.59</strong>" in text
     assert "~115 tok/s — Llama 3 8B Q4_K_M, one RTX 3090" in text
     assert 'id="bench-history"' in text
     # 330 W × $0.15 = $0.0495/h; $2,400 ÷ (24 × 730 h) = $0.1370/h; $0.1865/h at 350 tok/s over 4 sessions.

@@ -96,6 +96,25 @@ def recommend(steps, min_stream_tps):
                                  f"{best['aggregate_tps']:.1f} tok/s together")
 
 
+def bytes_per_token(facts, file_size):
+    """(bytes of weights read for each generated token, how that was counted), for the decode roofline. With the
+    header's per-tensor sizes (gguf_facts): every layer, the output layer and the rest, but not the embedding table,
+    of which a token reads one row (unless the output is tied to it). Otherwise the file less its header."""
+    facts = facts or {}
+    layers = facts.get("layer_bytes")
+    parts = [facts.get(key) for key in ("output_bytes", "other_bytes", "token_embd_bytes")]
+    if (isinstance(layers, list) and layers and all(isinstance(n, int) and n >= 0 for n in layers + parts)
+            and facts.get("tensors_complete", True)):
+        output, other, embd = parts
+        read = sum(layers) + output + other + (embd if facts.get("output_tied") else 0)
+        if 0 < read <= file_size:
+            return read, "layers and output layer from the file's header (the embedding table is only looked up)"
+    header = facts.get("header_bytes")
+    if isinstance(header, int) and 0 < header < file_size:
+        return file_size - header, "the file less its header"
+    return file_size, "the file's size"
+
+
 class Client:
     """Requests to one server on the rig, with its API key as a Bearer token when it has one."""
 
