@@ -1,6 +1,7 @@
 """Benchmarking a deployment end to end: the panel's button, a real agent, a real llama-server, the stored sweep."""
 
 import pytest
+from django.template.defaultfilters import floatformat
 
 from hosting.models import Benchmark, Build, Deployment
 from models_catalog.models import RigFile
@@ -66,7 +67,8 @@ def test_it_benchmarks_a_healthy_server_and_refuses_a_stopped_one(alpha, operato
     assert op.target == "tiny"
     op = _finished(op, timeout=120)
     assert op.status == Operation.SUCCEEDED, op.message
-    assert op.progress_done == op.progress_total == 2  # steps: 1 and 2 streams
+    # Steps (1 and 2 streams) as progress; the last one may land after the outcome, which then keeps the one before.
+    assert op.progress_total == 2 and op.progress_done in (1, 2)
     bench = wait_until(lambda: Benchmark.objects.filter(deployment=deployment).first(), message="benchmark row")
     assert [s["concurrency"] for s in bench.steps] == [1, 2]
     assert bench.steps[1]["generated"] == 2 * 16
@@ -78,7 +80,7 @@ def test_it_benchmarks_a_healthy_server_and_refuses_a_stopped_one(alpha, operato
     assert "bench-key-12345678" not in str(op.result) + op.message  # the key stays on the rig
 
     text = page(operator_client.get(f"/deployments/{deployment.pk}/"))
-    assert f'"bench-single">{bench.single_tps:.1f}</span> tok/s generation' in text
+    assert f'"bench-single">{floatformat(bench.single_tps, 1)}</span> tok/s generation' in text
     assert "recommended" in text and "runs on the CPU" in text  # n-gpu-layers 0: no roofline
     # The fake GPUs' draw at $0.15 per kWh and MOR at $10, shared by the recommended sessions, in exact wei.
     from hosting.benchmarks import economics_of

@@ -108,7 +108,7 @@ def bytes_per_token(facts, file_size):
         output, other, embd = parts
         read = sum(layers) + output + other + (embd if facts.get("output_tied") else 0)
         if 0 < read <= file_size:
-            return read, "layers and output layer from the file's header (the embedding table is only looked up)"
+            return read, "every layer and the output layer, from the file's header; the embedding table is only looked up"
     header = facts.get("header_bytes")
     if isinstance(header, int) and 0 < header < file_size:
         return file_size - header, "the file less its header"
