@@ -48,7 +48,7 @@ def clean_result(result, parallel):
             "generated": _num(raw, "generated", 0, 10**9, integer=True),
             "aggregate_tps": _num(raw, "aggregate_tps", 0, 10**7),
             "per_stream_tps": _num(raw, "per_stream_tps", 0, 10**7),
-            "min_stream_tps": _num(raw, "min_stream_tps", 0, 10**7),
+            "slowest_stream_tps": _num(raw, "slowest_stream_tps", 0, 10**7),
             "prompt_tps": _num(raw, "prompt_tps", 0, 10**8),
             "ttft_ms": _num(raw, "ttft_ms", 0, 86_400_000), "ttft_max_ms": _num(raw, "ttft_max_ms", 0, 86_400_000),
             "power_w": _num(raw, "power_w", 0, 100_000, required=False),

@@ -121,13 +121,13 @@ def test_the_request_is_checked_against_the_slots():
 
 def test_a_rig_result_is_rebuilt_from_known_fields_and_bounded():
     good = {"steps": [{"concurrency": 1, "wall_s": 1.0, "generated": 16, "aggregate_tps": 16.0, "per_stream_tps": 16.0,
-                       "min_stream_tps": 16.0, "prompt_tps": 100.0, "ttft_ms": 20.0, "ttft_max_ms": 20.0,
+                       "slowest_stream_tps": 16.0, "prompt_tps": 100.0, "ttft_ms": 20.0, "ttft_max_ms": 20.0,
                        "power_w": None, "power": [{"evil": "<script>"}], "extra": "x" * 10}],
             "parameters": {"prompt_tokens": 32, "gen_tokens": 16, "min_stream_tps": 1.0}, "recommended_sessions": 1,
             "build_info": "b1-abc"}
     clean = clean_result(good, parallel=2)
     assert set(clean["steps"][0]) == {"concurrency", "wall_s", "generated", "aggregate_tps", "per_stream_tps",
-                                      "min_stream_tps", "prompt_tps", "ttft_ms", "ttft_max_ms", "power_w"}
+                                      "slowest_stream_tps", "prompt_tps", "ttft_ms", "ttft_max_ms", "power_w"}
     for change, error in [({"recommended_sessions": 3}, "outside 1..2"),
                           ({"steps": good["steps"] * 2}, "rise in concurrency"),
                           ({"steps": good["steps"] * 13}, "more than 12"),

@@ -45,7 +45,7 @@ def _deployment(node, name="llama", **fields):
 
 def _step(concurrency, per_stream, aggregate, power=300.0):
     return {"concurrency": concurrency, "wall_s": 2.0, "generated": 128 * concurrency, "aggregate_tps": aggregate,
-            "per_stream_tps": per_stream, "min_stream_tps": per_stream * 0.9, "prompt_tps": 3900.0,
+            "per_stream_tps": per_stream, "slowest_stream_tps": per_stream * 0.9, "prompt_tps": 3900.0,
             "ttft_ms": 120.0 + concurrency, "ttft_max_ms": 150.0 + concurrency, "power_w": power,
             "power": [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "avg_w": power, "samples": 9}]}
 

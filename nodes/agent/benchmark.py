@@ -240,7 +240,7 @@ def run_step(client, concurrency, prompt_list, gen_tokens, power_meter=None):
         "generated": generated,
         "aggregate_tps": round(generated / wall, 2) if wall > 0 else 0.0,
         "per_stream_tps": round(statistics.fmean(r["gen_tps"] for r in results), 2),
-        "min_stream_tps": min(r["gen_tps"] for r in results),
+        "slowest_stream_tps": min(r["gen_tps"] for r in results),
         "prompt_tps": round(statistics.fmean(r["prompt_tps"] for r in results), 2),
         "ttft_ms": round(statistics.fmean(r["ttft_ms"] for r in results), 1),
         "ttft_max_ms": max(r["ttft_ms"] for r in results),
