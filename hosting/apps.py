@@ -16,3 +16,7 @@ class HostingConfig(AppConfig):
             ingest.INVENTORY_PARTS.append(apply_deployment)
         if operation_changed not in models.OPERATION_LISTENERS:
             models.OPERATION_LISTENERS.append(operation_changed)
+        from hosting import benchmarks
+
+        if benchmarks.operation_changed not in models.OPERATION_LISTENERS:
+            models.OPERATION_LISTENERS.append(benchmarks.operation_changed)

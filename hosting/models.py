@@ -1,4 +1,5 @@
 import signal as signal_module
+from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -189,3 +190,71 @@ class ServerExit(models.Model):
         if self.restart_in is None:
             return f"crashed ({self.how}){after}; not restarted: it kept crashing"
         return f"crashed ({self.how}){after}; restarted {supervisor.duration_text(self.restart_in)} later"
+
+
+class Benchmark(models.Model):
+    """One throughput sweep of a deployment (nodes/agent/benchmark.py): its steps, parameters, build and power."""
+
+    NVML, CONFIGURED = "nvml", "configured"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="benchmarks")
+    node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="benchmarks")
+    operation = models.OneToOneField("nodes.Operation", null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="benchmark")
+    build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="benchmarks")
+    build_version = models.CharField(max_length=200, blank=True)  # kept when the build row goes
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    parameters = models.JSONField(default=dict)  # the request, the server's slots and settings at the time
+    steps = models.JSONField(default=list)  # per concurrency: aggregate, per stream, TTFT, prompt tok/s, power
+    single_tps = models.FloatField(help_text="generation tok/s, one stream")
+    prompt_tps = models.FloatField(help_text="prompt processing tok/s, one stream")
+    ttft_ms = models.FloatField(help_text="time to first token, one stream, ms")
+    best_aggregate_tps = models.FloatField(help_text="highest generation tok/s over all streams together")
+    best_concurrency = models.PositiveIntegerField()
+    recommended_sessions = models.PositiveIntegerField()
+    recommended_tps = models.FloatField(help_text="aggregate generation tok/s at the recommended sessions")
+    power_w = models.FloatField(null=True, blank=True, help_text="average draw at the recommended sessions, W")
+    power_source = models.CharField(max_length=10, blank=True,
+                                    choices=[(NVML, "measured (NVML)"), (CONFIGURED, "configured wattage")])
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self):
+        return f"benchmark #{self.pk} of {self.deployment_id}"
+
+
+class EconomicsSettings(models.Model):
+    """One row: the prices that turn a benchmark into cost per hour, per million tokens and a minimum bid."""
+
+    electricity_usd_per_kwh = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("0.15"),
+                                                  validators=[MinValueValidator(Decimal("0"))])
+    mor_usd = models.DecimalField("MOR price ($)", max_digits=14, decimal_places=6, default=Decimal("10"),
+                                  validators=[MinValueValidator(Decimal("0.000001"))])
+    amortisation_months = models.PositiveIntegerField(
+        default=24, validators=[MinValueValidator(1), MaxValueValidator(240)])
+    cpu_rig_watts = models.PositiveIntegerField(
+        "wattage of a CPU-only rig (W)", default=150, validators=[MinValueValidator(1), MaxValueValidator(100_000)])
+    updated = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
+
+    @classmethod
+    def current(cls):
+        if not cls.objects.exists():
+            cls.objects.create()
+        return cls.objects.order_by("pk").first()  # read back: the prices as stored (0.1500), not as typed
+
+    @property
+    def electricity_text(self):
+        return _plain(self.electricity_usd_per_kwh, 4)
+
+    @property
+    def mor_usd_text(self):
+        return _plain(self.mor_usd, 2)
+
+
+def _plain(value, places):
+    """A Decimal with at least `places` decimals and no exponent: 10 → '10.00', 0.000001 → '0.000001'."""
+    value = Decimal(value).normalize()
+    exponent = value.as_tuple().exponent
+    return format(value.quantize(Decimal(1).scaleb(min(-places, exponent))), "f")

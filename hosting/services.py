@@ -126,3 +126,27 @@ def desired_specs(node):
         except serverspec.SpecError:
             continue  # not launchable (e.g. its build failed): nothing to converge
     return specs
+
+
+BENCHMARK_REQUEST = {}  # settings every benchmark from the panel uses (tests shorten the prompts)
+
+
+def start_benchmark(deployment, user, request=None):
+    """A throughput sweep on the rig (nodes/agent/benchmark.py); refused unless the server is healthy, since a
+    sweep of a loading or stopped server measures nothing."""
+    from nodes.agent import benchmark
+
+    if not deployment.is_healthy:
+        state = deployment.actual_state if deployment.desired_state == Deployment.RUNNING else "stopped"
+        rig = "" if deployment.node.status == "online" else f" (rig {deployment.node.status})"
+        why = f": {deployment.message}" if deployment.message and state != "stopped" else ""
+        raise Refused(f"{deployment.name} is {state}{rig}{why}; benchmark a healthy server")
+    request = {**benchmark.fitted_defaults(deployment.parallel, deployment.ctx_size), **BENCHMARK_REQUEST,
+               **(request or {})}
+    try:
+        clean = benchmark.check_request(request, deployment.parallel, deployment.ctx_size)
+    except benchmark.BenchmarkError as exc:
+        raise Refused(str(exc)) from None
+    request = {key: value for key, value in clean.items() if value is not None}
+    return start_operation(deployment.node, Operation.BENCHMARK, user, target=deployment.name,
+                           payload={"deployment_id": deployment.pk, "request": request})

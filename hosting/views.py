@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
-from hosting import services
+from hosting import bench_views, services
 from hosting.forms import (AdoptForm, BuildForm, DeploymentForm, planned_plan, planned_settings, suggest_port,
                            suggested_settings)
 from hosting.models import Build, Deployment
@@ -179,7 +179,8 @@ def deployment_detail(request, pk):
     deployment = get_object_or_404(Deployment.objects.select_related("node", "build", "model_file"), pk=pk)
     operations = deployment.node.operations.filter(target=deployment.name,
                                                    kind__in=["launch", "stop", "restart"])[:10]
-    context = {"deployment": deployment, "operations": operations, "exits": deployment.exits.all()[:10]}
+    context = {"deployment": deployment, "operations": operations, "exits": deployment.exits.all()[:10],
+               **bench_views.benchmark_context(deployment)}
     if request.htmx:
         return render(request, "hosting/deployment_detail.html#live", context)
     return render(request, "hosting/deployment_detail.html", context)

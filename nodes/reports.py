@@ -103,6 +103,9 @@ def clean_hardware(payload):
                 "pcie_gen": _number(gpu, "pcie_gen", 0, 16, required=False, integer=True),
                 "pcie_width": _number(gpu, "pcie_width", 0, 64, required=False, integer=True),
                 "compute_capability": _text(gpu, "compute_capability", 8, required=False),
+                "mem_bandwidth_gbs": _number(gpu, "mem_bandwidth_gbs", 1, 100_000, required=False),
+                "mem_bandwidth_source": gpu.get("mem_bandwidth_source") if gpu.get("mem_bandwidth_source")
+                in ("nvml", "table") else None,
             }
         )
     _indexes_unique(clean["gpus"])

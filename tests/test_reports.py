@@ -29,7 +29,7 @@ def hardware(gpu_count=2, **changes):
         "gpus": [
             {"index": i, "name": "NVIDIA GeForce RTX 3090", "uuid": f"GPU-{i:08d}", "vram_total": 24 * GiB,
              "power_limit_w": 350.0, "pcie_gen": 4, "pcie_width": 16, "pcie_gen_max": 4, "pcie_width_max": 16,
-             "compute_capability": "8.6"}
+             "compute_capability": "8.6", "mem_bandwidth_gbs": 936.2, "mem_bandwidth_source": "nvml"}
             for i in range(gpu_count)
         ],
     }
@@ -68,7 +68,13 @@ def test_it_accepts_a_full_hardware_report():
     assert clean["ram_total"] == 64 * GiB
     assert clean["gpus"][1] == {"index": 1, "name": "NVIDIA GeForce RTX 3090", "uuid": "GPU-00000001",
                                 "vram_total": 24 * GiB, "power_limit_w": 350.0, "pcie_gen": 4, "pcie_width": 16,
-                                "compute_capability": "8.6"}
+                                "compute_capability": "8.6", "mem_bandwidth_gbs": 936.2,
+                                "mem_bandwidth_source": "nvml"}
+    # An older agent says nothing of bandwidth; an unknown source is dropped, an absurd figure refused.
+    assert clean_hardware(without(hardware(), "mem_bandwidth_gbs", gpu=True))["gpus"][0]["mem_bandwidth_gbs"] is None
+    assert clean_hardware(with_gpu(hardware(), mem_bandwidth_source="<b>"))["gpus"][0]["mem_bandwidth_source"] is None
+    with pytest.raises(ReportError, match="mem_bandwidth_gbs"):
+        clean_hardware(with_gpu(hardware(), mem_bandwidth_gbs=10**9))
 
 
 def test_it_accepts_a_rig_without_gpus_and_keeps_the_note():

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 import time
 
 import psutil
@@ -43,6 +44,50 @@ def _optional(fn, *args, default=None):
         return fn(*args)
     except pynvml.NVMLError:
         return default
+
+
+# Peak memory bandwidth in GB/s of cards NVML cannot tell (bus width or memory clock "not supported"), from the
+# makers' data sheets. The first entry whose words all appear in the GPU's name wins: specific names come first.
+KNOWN_BANDWIDTH_GBS = (
+    (("3090", "ti"), 1008), (("3090",), 936), (("4090",), 1008), (("5090",), 1792),
+    (("4080", "super"), 736), (("4080",), 717), (("3080", "ti"), 912), (("3080",), 760),
+    (("a100", "80gb"), 2039), (("a100",), 1555), (("h100", "nvl"), 3900), (("h100", "pcie"), 2000),
+    (("h100",), 3350), (("h200",), 4800), (("l40s",), 864), (("l40",), 864), (("l4",), 300),
+    (("rtx 6000 ada",), 960), (("a6000",), 768), (("a40",), 696), (("a10",), 600), (("t4",), 320),
+    (("v100",), 900),
+)
+
+
+def table_bandwidth(name):
+    """GB/s of a known card from its NVML name ("NVIDIA GeForce RTX 3090" → 936), or None."""
+    words = (name or "").lower()
+    for needles, gbs in KNOWN_BANDWIDTH_GBS:
+        if all(_has_word(words, needle) for needle in needles):
+            return gbs
+    return None
+
+
+def _has_word(text, needle):
+    """`needle` in `text` not glued to a longer model number ("l4" is not in "l40s", "a10" not in "a100")."""
+    start = text.find(needle)
+    while start >= 0:
+        end = start + len(needle)
+        if (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            return True
+        start = text.find(needle, start + 1)
+    return False
+
+
+def memory_bandwidth(nvml, handle, name):
+    """(GB/s, "nvml" | "table") or (None, None): bus width × peak memory clock × 2 (double data rate), else the
+    table of known cards. GDDR6X reports its clock so that the same formula holds (RTX 3090: 384 bit × 9751 MHz)."""
+    bus_fn = getattr(nvml, "nvmlDeviceGetMemoryBusWidth", None)  # nvidia-ml-py 11.515 and later
+    bus_bits = _optional(bus_fn, handle) if bus_fn is not None else None
+    clock_mhz = _optional(nvml.nvmlDeviceGetMaxClockInfo, handle, getattr(nvml, "NVML_CLOCK_MEM", 2))
+    if bus_bits and clock_mhz:
+        return round(bus_bits / 8 * clock_mhz * 2 / 1000, 1), "nvml"
+    gbs = table_bandwidth(name)
+    return (gbs, "table") if gbs else (None, None)
 
 
 def cpu_model():
@@ -106,10 +151,12 @@ def probe_hardware(data_dir):
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             capability = _optional(nvml.nvmlDeviceGetCudaComputeCapability, handle)
             power_limit = _optional(nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
+            name = _text(nvml.nvmlDeviceGetName(handle))
+            bandwidth, bandwidth_source = memory_bandwidth(nvml, handle, name)
             profile["gpus"].append(
                 {
                     "index": index,
-                    "name": _text(nvml.nvmlDeviceGetName(handle)),
+                    "name": name,
                     "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
                     "vram_total": int(memory.total),
                     "power_limit_w": round(power_limit / 1000, 1) if power_limit else None,
@@ -118,6 +165,8 @@ def probe_hardware(data_dir):
                     "pcie_gen_max": _optional(nvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
                     "pcie_width_max": _optional(nvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
                     "compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
+                    "mem_bandwidth_gbs": bandwidth,
+                    "mem_bandwidth_source": bandwidth_source,
                 }
             )
     finally:
@@ -242,3 +291,55 @@ class TelemetrySampler:
             "fan": _optional(nvml.nvmlDeviceGetFanSpeed, handle),
             "sm_clock": _optional(nvml.nvmlDeviceGetClockInfo, handle, nvml.NVML_CLOCK_SM),
         }
+
+
+class PowerMeter:
+    """Each GPU's power draw (NVML) sampled in a thread from start() to stop(), averaged in W; a benchmark step
+    runs meanwhile. On a rig without NVML, stop() answers None (the panel then uses a configured wattage)."""
+
+    def __init__(self, interval=0.2):
+        self.interval = interval
+        self._sums, self._counts, self._gpus = {}, {}, []
+        self._stop = threading.Event()
+        self._thread = None
+        self._nvml = None
+
+    def start(self):
+        self._nvml, _note = _load_nvml()
+        if self._nvml is None:
+            return self
+        try:
+            for index in range(self._nvml.nvmlDeviceGetCount()):
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                self._gpus.append((index, _text(self._nvml.nvmlDeviceGetName(handle)), handle))
+        except self._nvml.NVMLError:
+            log.warning("NVML failed while listing GPUs for power readings", exc_info=True)
+            self._gpus = []
+        self._sample()  # one reading even for a step shorter than the interval
+        self._thread = threading.Thread(target=self._run, name="power-meter", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        for index, _name, handle in self._gpus:
+            milliwatts = _optional(self._nvml.nvmlDeviceGetPowerUsage, handle)
+            if milliwatts is not None:
+                self._sums[index] = self._sums.get(index, 0) + milliwatts / 1000
+                self._counts[index] = self._counts.get(index, 0) + 1
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self):
+        """[{"index", "name", "avg_w", "samples"}] per GPU that answered, or None without NVML."""
+        if self._nvml is None:
+            return None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sample()
+        _shutdown(self._nvml)
+        self._nvml = None
+        return [{"index": index, "name": name, "avg_w": round(self._sums[index] / self._counts[index], 1),
+                 "samples": self._counts[index]} for index, name, _handle in self._gpus if self._counts.get(index)]

@@ -2,7 +2,8 @@
 
 FAKE_NVML tells what the host has: "nodriver" (nvmlInit raises NVMLError_LibraryNotFound, as on a
 machine without the NVIDIA driver), or a JSON list of GPUs, e.g. [{"name": "NVIDIA GeForce RTX 3090",
-"vram_gib": 24, "power_limit_w": 350, "cc": [8, 6]}]. Readings change with time so dashboards move.
+"vram_gib": 24, "power_limit_w": 350, "cc": [8, 6], "bus_width": 384, "mem_clock_mhz": 9751}] (without
+bus_width or mem_clock_mhz the memory bandwidth calls answer NotSupported). Readings change with time so dashboards move.
 """
 
 import json
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
@@ -37,7 +39,7 @@ class NVMLError_NotSupported(NVMLError):
 
 
 RTX_3090 = {"name": "NVIDIA GeForce RTX 3090", "vram_gib": 24, "power_limit_w": 350, "cc": [8, 6],
-            "pcie": [4, 16]}
+            "pcie": [4, 16], "bus_width": 384, "mem_clock_mhz": 9751}
 
 _state = {"init": 0}
 
@@ -137,6 +139,21 @@ def nvmlDeviceGetFanSpeed(handle):
     if handle.spec.get("fanless"):
         raise NVMLError_NotSupported()
     return int(30 + 60 * _wave(handle, 17.0))
+
+
+def nvmlDeviceGetMemoryBusWidth(handle):
+    """Bits; a GPU spec without "bus_width" answers NotSupported, as some boards do."""
+    if "bus_width" not in handle.spec:
+        raise NVMLError_NotSupported()
+    return handle.spec["bus_width"]
+
+
+def nvmlDeviceGetMaxClockInfo(handle, clock):
+    if clock == NVML_CLOCK_MEM:
+        if "mem_clock_mhz" not in handle.spec:
+            raise NVMLError_NotSupported()
+        return handle.spec["mem_clock_mhz"]
+    return 1695 if clock == NVML_CLOCK_SM else 1395
 
 
 def nvmlDeviceGetClockInfo(handle, clock):
