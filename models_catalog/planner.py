@@ -61,7 +61,7 @@ class Device:
     weights: int = 0
     kv: int = 0
     compute: int = 0
-    overhead: int = 0
+    overhead: int = 0  # a GPU: the CUDA context and pools; the CPU: llama.cpp's logits output buffer
 
     @property
     def needed(self):
@@ -320,33 +320,38 @@ def kv_layer_bytes(shape, il, cells, cache_type_k, cache_type_v):
                     + cache_row_bytes(cache_type_v, shape.value_length * kv))
 
 
-def _compute_parts(shape, per_seq, parallel, flash):
-    """Peak bytes of each phase of a 512-token micro-batch, and the graph inputs (f32 activations)."""
-    t = N_UBATCH
+def _compute_parts(shape, n_ctx, per_seq, parallel, flash, n_outputs=None):
+    """Peak bytes of each phase of one micro-batch (at most 512 tokens) as ggml's graph allocator lays it out,
+    each including the graph's inputs; fitted to what the vendored llama-server logs (tests/test_planner_llama.py).
+
+    Activations are f32, so a tensor of width w costs 4 × tokens × w. The inputs hold the KQ mask (n_kv × tokens,
+    f16 with flash attention, f32 without) and, without flash attention, the V cache's scatter indexes
+    (tokens × V width, int64). llama-server keeps one output row per slot (server_output_limits), so the logits
+    are `parallel` × vocab; llama-fit-params reserves a row per token (`n_outputs`)."""
+    t = min(n_ctx, N_UBATCH)
+    act = 4 * t
     q_width = shape.heads * shape.key_length
     out_width = shape.heads * shape.value_length
-    kv_width = max(shape.kv_heads) * shape.value_length
-    mask = per_seq * t * (2 if flash else 4)
-    inputs = 4 * t * 4 + 8 * t + mask + (8 * t if flash else 8 * t * kv_width)  # tokens, positions, ids, KV indexes
-    residual = 4 * t * shape.width
+    v_width = max(shape.kv_heads) * shape.value_length
+    inputs = 3 * act + 8 * t + per_seq * t * (2 if flash else 4) + (8 * t if flash else 8 * t * v_width)
     if flash:
-        attention = residual + 4 * t * (q_width + out_width)
-    else:
-        attention = residual + 4 * t * q_width + 4 * per_seq * t * shape.heads  # KQ, softmaxed in place
-    ffn = 4 * t * (2 * shape.width + 2 * shape.ffn)
-    output = 4 * t * (shape.width + shape.vocab)
-    return {"inputs": inputs, "embd": residual, "attention": attention, "ffn": ffn, "output": output}
+        attention = act * (3 * shape.width + q_width + out_width)
+    else:  # the n_kv × tokens × heads KQ matrix, softmaxed in place
+        attention = act * (3 * shape.width + 2 * q_width) + 4 * per_seq * t * shape.heads
+    ffn = act * (4 * shape.width + 3 * shape.ffn)
+    rows = min(t, n_outputs or parallel)
+    output = act * 2 * shape.width + 4 * rows * (shape.width + shape.vocab)  # the inputs are freed by then
+    return {"inputs": inputs, "embd": act * shape.width, "attention": inputs + attention, "ffn": inputs + ffn,
+            "output": output}
 
 
 def _compute_bytes(parts, layers, output, host_of_gpus=False):
-    if host_of_gpus:  # the CPU side of an offloaded model: the embedding lookup and the inputs
+    if host_of_gpus:  # the CPU side of a fully offloaded model: the embedding lookup and the inputs
         return parts["embd"] + parts["inputs"]
-    if not layers and not output:
-        return 0
     peaks = [parts["attention"], parts["ffn"]] if layers else []
     if output:
         peaks.append(parts["output"])
-    return parts["inputs"] + parts["embd"] + max(peaks)
+    return max(peaks, default=0)
 
 
 def _layer_devices(shape, n_gpu, shares, ngl):
@@ -368,14 +373,14 @@ def _layer_devices(shape, n_gpu, shares, ngl):
     return places
 
 
-def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type_v, flash):
+def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type_v, flash, n_outputs=None):
     """Bytes on each device for one set of flags: GPUs in order, then the CPU."""
     gpus = [Device(name=name, kind="gpu", index=index, capacity=vram) for index, name, vram in rig.gpus]
     host = Device(name="CPU", kind="cpu", index=None, capacity=max(0, rig.ram - HOST_RESERVE))
     shares = shares or [vram for _, _, vram in rig.gpus]
     places = _layer_devices(shape, len(gpus), shares, ngl)
     cells, per_seq = kv_cells(ctx_size, parallel)
-    parts = _compute_parts(shape, per_seq, parallel, flash)
+    parts = _compute_parts(shape, cells, per_seq, parallel, flash, n_outputs)
     host.weights = shape.token_embd
     for il, place in enumerate(places):
         device = host if place is None else gpus[place]
@@ -389,11 +394,10 @@ def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type
     for gpu in gpus:
         gpu.compute = _compute_bytes(parts, gpu.layers, gpu.output)
         gpu.overhead = CUDA_OVERHEAD if ngl else 0
-    if any(gpu.layers or gpu.output for gpu in gpus):
-        host.compute = _compute_bytes(parts, host.layers, host.output) if (host.layers or host.output) \
-            else _compute_bytes(parts, 0, False, host_of_gpus=True)
-    else:
+    if host.layers or host.output:
         host.compute = _compute_bytes(parts, host.layers, host.output)
+    else:
+        host.compute = _compute_bytes(parts, 0, False, host_of_gpus=True)
     host.overhead = 4 * shape.vocab * parallel  # the logits output buffer (llama-context.cpp output_reserve)
     return gpus + [host]
 

@@ -116,9 +116,10 @@ def test_llama_8b_q8_0_fits_one_rtx_3090_with_the_seed_flags():
     assert gpu.weights == weights(llama_8b("Q8_0")) - llama_8b("Q8_0")["token_embd_bytes"]
     assert host.weights == llama_8b("Q8_0")["token_embd_bytes"]  # llama.cpp keeps the input embedding on the CPU
     assert gpu.kv == 1 * GiB
-    assert 200 * MiB < gpu.compute < 400 * MiB  # 512 × 128256 f32 logits dominate with flash attention
+    # With flash attention the feed-forward phase peaks: 512 tokens × (4 × 4096 + 3 × 14336) f32, and the inputs.
+    assert 116 * MiB < gpu.compute < 125 * MiB
     assert gpu.overhead == planner.CUDA_OVERHEAD
-    assert plan.summary == f"fits on RTX 3090 with {spare_in(plan.summary)} GB to spare"
+    assert re.fullmatch(r"fits on RTX 3090 with [\d.]+ GB to spare", plan.summary)
     assert spare_in(plan.summary) == pytest.approx(plan.spare / GiB, abs=0.05)
     assert 14 < spare_in(plan.summary) < 15.5
     assert plan.flags == {"n_gpu_layers": 99, "tensor_split": "", "ctx_size": 8192, "parallel": 4, "threads": 16,
@@ -139,7 +140,7 @@ def test_q4_k_m_leaves_more_room_than_q8_0_and_takes_a_larger_context():
 def test_without_flash_attention_the_kq_matrix_grows_the_compute_buffer():
     on = planner.plan(llama_8b("Q8_0"), rig(24), ctx_size=8192, parallel=1, flash_attn="on").devices[0]
     off = planner.plan(llama_8b("Q8_0"), rig(24), ctx_size=8192, parallel=1, flash_attn="off").devices[0]
-    assert off.compute - on.compute > 8192 * 512 * 32 * 4 - 300 * MiB  # 512 MiB of KQ against the logits
+    assert off.compute > 8192 * 512 * 32 * 4 > 4 * on.compute  # 512 MiB of KQ scores
 
 
 def test_the_seed_dual_3090_rig_splits_llama_8b_over_both_gpus():
