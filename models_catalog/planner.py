@@ -37,6 +37,7 @@ HOST_RESERVE = 2 * GiB  # RAM left to the OS, the agent and page cache before a 
 # llama.cpp clamps any --n-gpu-layers above the layer count; these are the values people write for "all".
 ALL_LAYERS = (99, 999)
 MIN_CTX_SIZE, MAX_CTX_SIZE, MAX_PARALLEL = 256, 1_048_576, 256  # serverspec's bounds
+SCHED_COPIES = 4  # GGML_SCHED_MAX_COPIES, the build's default
 FIT_MIN_CTX = 4096  # common.h fit_params_min_ctx: llama.cpp's own fit shrinks the context to this before layers
 DEFAULT_PARALLEL = 4  # llama-server's slot count when none is given, and the seed presets'
 _MAX_LAYERS = 4096
@@ -244,9 +245,17 @@ def parse_tensor_split(text):
     return shares
 
 
-def check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None, cache_type_k="f16",
-          cache_type_v="f16", flash_attn="auto", rope_scaling=False):
-    """Raise PlanRefused with the reason for a combination llama-server cannot run as asked.
+def check(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None,
+          cache_type_k="f16", cache_type_v="f16", flash_attn="auto", rope_scaling=False, model_bytes=None):
+    """Raise PlanRefused with the reason when llama-server cannot run this model on this rig with these flags
+    (a form's clean step calls this; plan() calls it too)."""
+    _check(shape_from_facts(facts, model_bytes), rig_from_hardware(hardware), ctx_size, parallel, n_gpu_layers,
+           tensor_split, cache_type_k, cache_type_v, flash_attn, rope_scaling)
+
+
+def _check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None, cache_type_k="f16",
+           cache_type_v="f16", flash_attn="auto", rope_scaling=False):
+    """The refusals, on a parsed shape and rig; returns the tensor split's shares (None: by VRAM).
 
     `n_gpu_layers` above layers + 1 (the output layer) is refused, except 99 and 999, which the seed and most
     guides write for "all" and llama.cpp clamps: a 40 for a 32-layer model is more likely a mistake (a different
@@ -391,13 +400,18 @@ def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type
             device.layers += 1
             device.weights += shape.layer_bytes[il]
             device.kv += kv_layer_bytes(shape, il, cells, cache_type_k, cache_type_v)
+    # Every layer on two or more GPUs: llama.cpp pipelines micro-batches and keeps SCHED_COPIES copies of each
+    # split's inputs (ggml-backend.cpp, n_copies), never freed.
+    copies = SCHED_COPIES if len(gpus) > 1 and ngl >= shape.layers + 1 else 1
     for gpu in gpus:
         gpu.compute = _compute_bytes(parts, gpu.layers, gpu.output)
+        if gpu.compute:
+            gpu.compute += (copies - 1) * (parts["embd"] + parts["inputs"])
         gpu.overhead = CUDA_OVERHEAD if ngl else 0
     if host.layers or host.output:
         host.compute = _compute_bytes(parts, host.layers, host.output)
     else:
-        host.compute = _compute_bytes(parts, 0, False, host_of_gpus=True)
+        host.compute = copies * _compute_bytes(parts, 0, False, host_of_gpus=True)
     host.overhead = 4 * shape.vocab * parallel  # the logits output buffer (llama-context.cpp output_reserve)
     return gpus + [host]
 
@@ -424,12 +438,13 @@ def _fits(devices):
 
 
 def _largest_ctx(shape, rig, parallel, ngl, shares, ck, cv, flash, rope_scaling):
-    """The largest ctx-size (a multiple of 256 × parallel) that fits with these layers offloaded; None if none."""
+    """The largest ctx-size that fits with these layers offloaded, each slot a multiple of 256 tokens within the
+    trained context (unless a rope scaling is set); None if not even the smallest fits."""
     cap_per_slot = MAX_CTX_SIZE // parallel if rope_scaling else min(shape.context, MAX_CTX_SIZE // parallel)
-    lo, hi = 1, cap_per_slot // KV_PAD  # per-slot size in 256-cell steps
-    if hi < 1:
-        hi = 1
-    best = None
+    if cap_per_slot < KV_PAD:  # a model trained on under 256 tokens: one size to try
+        ctx = max(MIN_CTX_SIZE, cap_per_slot * parallel)
+        return ctx if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)) else None
+    lo, hi, best = 1, cap_per_slot // KV_PAD, None  # per-slot size in 256-cell steps
     while lo <= hi:
         mid = (lo + hi) // 2
         ctx = max(MIN_CTX_SIZE, mid * KV_PAD * parallel)
@@ -437,10 +452,6 @@ def _largest_ctx(shape, rig, parallel, ngl, shares, ck, cv, flash, rope_scaling)
             best, lo = ctx, mid + 1
         else:
             hi = mid - 1
-    if best is None and cap_per_slot < KV_PAD:
-        ctx = max(MIN_CTX_SIZE, cap_per_slot * parallel)
-        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)):
-            best = ctx
     return best
 
 
@@ -469,7 +480,7 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
     one when this does not fit; `this_quant` is skipped. `model_bytes`: the whole model's size (split models)."""
     shape = shape_from_facts(facts, model_bytes)
     rig = rig_from_hardware(hardware)
-    shares = check(shape, rig, ctx_size, parallel, n_gpu_layers, tensor_split, cache_type_k, cache_type_v,
+    shares = _check(shape, rig, ctx_size, parallel, n_gpu_layers, tensor_split, cache_type_k, cache_type_v,
                    flash_attn, rope_scaling)
     flash = flash_attn != "off"  # auto resolves to on wherever llama.cpp supports it (CUDA and CPU do)
     parallel = parallel or DEFAULT_PARALLEL

@@ -301,3 +301,19 @@ def test_facts_from_a_real_header_carry_the_planner_keys_and_stay_small(tmp_path
     plan = planner.plan(facts, rig(24), ctx_size=256, parallel=1)
     # Tied: the output layer on the GPU gets its own copy of the embeddings.
     assert plan.devices[0].weights == sum(facts["layer_bytes"]) + facts["output_bytes"] + facts["token_embd_bytes"]
+
+
+def test_every_layer_on_two_gpus_pipelines_and_keeps_four_copies_of_each_split_input():
+    facts = llama_8b("Q4_K_M")
+    piped = planner.plan(facts, SEED_RIG, ctx_size=8192, parallel=4, n_gpu_layers=33).devices
+    plain = planner.plan(facts, SEED_RIG, ctx_size=8192, parallel=4, n_gpu_layers=32).devices
+    residual_and_mask = 512 * 4096 * 4 + 2048 * 512 * 2
+    assert piped[0].compute - plain[0].compute > 3 * residual_and_mask
+    single = planner.plan(facts, rig(48), ctx_size=8192, parallel=4, n_gpu_layers=33).devices
+    assert single[0].compute < piped[0].compute  # one GPU: nothing to pipeline
+
+
+def test_check_refuses_from_facts_and_hardware_as_a_form_would_call_it():
+    planner.check(llama_8b("Q4_K_M"), SEED_RIG, ctx_size=8192, parallel=4, n_gpu_layers=99, tensor_split="1,1")
+    with pytest.raises(PlanRefused, match="2 share"):
+        planner.check(llama_8b("Q4_K_M"), rig(24), tensor_split="1,1")
