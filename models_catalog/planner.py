@@ -12,14 +12,15 @@ Pure functions, no Django: a model file's header facts (nodes/agent/gguf_facts.p
   elements of the cache type; it lives with its layer.
 - compute buffer: the graph allocator's peak for a 512-token micro-batch (llama-context.cpp sched_reserve):
   the largest of attention (without flash attention the n_kv × 512 × heads f32 KQ matrix), feed-forward and
-  output logits (512 × vocab f32), plus the graph's inputs (the KQ mask is n_kv × 512).
+  output (one logits row per slot in llama-server), with the graph's inputs (the KQ mask is n_kv × 512).
+  Fitted to the CPU llama-server's load log and to llama-fit-params (tests/test_planner_llama.py).
 - per GPU: CUDA_OVERHEAD for the CUDA context, cuBLAS workspace and the memory pool.
 """
 
 import math
 from dataclasses import dataclass, field
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 
 # Bytes per block and elements per block of each KV cache type (ggml's type traits).
 CACHE_TYPES = {
@@ -33,6 +34,9 @@ KV_PAD = 256  # llama-context.cpp: n_ctx and each slot's n_ctx_seq are padded to
 # for a process that has only created a CUDA 12 context on Ampere/Ada, and llama.cpp's own fit
 # (common/fit.cpp) keeps 1024 MiB per device free on top of its estimate for this and other processes.
 CUDA_OVERHEAD = 512 * MiB
+# What the planner leaves free on each GPU when it chooses the context or the layers itself (not when judging
+# flags it was given): its CUDA compute estimate is modelled on the source, not measured on a GPU.
+HEADROOM = 512 * MiB
 HOST_RESERVE = 2 * GiB  # RAM left to the OS, the agent and page cache before a plan counts as fitting
 # llama.cpp clamps any --n-gpu-layers above the layer count; these are the values people write for "all".
 ALL_LAYERS = (99, 999)
@@ -112,7 +116,6 @@ class Plan:
                 "warnings": list(self.warnings), "suggestions": list(self.suggestions)}
 
 
-# ---- inputs: the header facts and the hardware report, checked (a rig's report is not trusted) ----
 
 @dataclass
 class Shape:
@@ -231,7 +234,6 @@ def rig_from_hardware(hardware):
     return Rig(gpus=gpus, ram=ram, cores=cores)
 
 
-# ---- the combinations llama-server cannot run ----
 
 def parse_tensor_split(text):
     if not text:
@@ -298,7 +300,8 @@ def _check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_s
         block = CACHE_TYPES[value][1]
         length = shape.key_length if name.endswith("k") else shape.value_length
         if length % block:
-            raise PlanRefused(f"{name} {value} needs a head width that is a multiple of {block} (this model's: {length})")
+            raise PlanRefused(f"{name} {value} needs a head width that is a multiple of {block} "
+                              f"(this model's: {length})")
     if flash_attn not in FLASH_ATTN:
         raise PlanRefused(f"flash-attn must be one of {', '.join(FLASH_ATTN)}")
     if flash_attn == "off" and CACHE_TYPES[cache_type_v][1] > 1:
@@ -307,7 +310,6 @@ def _check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_s
     return shares
 
 
-# ---- the memory model ----
 
 def cache_row_bytes(cache_type, elements):
     size, block = CACHE_TYPES[cache_type]
@@ -416,7 +418,6 @@ def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type
     return gpus + [host]
 
 
-# ---- the plan ----
 
 def _gb(value):
     """GB as GPU makers count VRAM (2^30 bytes: a 24 GB card), one decimal unless whole."""
@@ -433,22 +434,22 @@ def _rig_name(rig):
     return " + ".join(names)
 
 
-def _fits(devices):
-    return all(d.fits for d in devices)
+def _fits(devices, headroom=0):
+    return all(d.spare >= (headroom if d.kind == "gpu" else 0) for d in devices)
 
 
 def _largest_ctx(shape, rig, parallel, ngl, shares, ck, cv, flash, rope_scaling):
-    """The largest ctx-size that fits with these layers offloaded, each slot a multiple of 256 tokens within the
-    trained context (unless a rope scaling is set); None if not even the smallest fits."""
+    """The largest ctx-size that fits with these layers offloaded and HEADROOM left on each GPU, each slot a
+    multiple of 256 tokens within the trained context (unless a rope scaling is set); None if none fits."""
     cap_per_slot = MAX_CTX_SIZE // parallel if rope_scaling else min(shape.context, MAX_CTX_SIZE // parallel)
     if cap_per_slot < KV_PAD:  # a model trained on under 256 tokens: one size to try
         ctx = max(MIN_CTX_SIZE, cap_per_slot * parallel)
-        return ctx if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)) else None
+        return ctx if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash), HEADROOM) else None
     lo, hi, best = 1, cap_per_slot // KV_PAD, None  # per-slot size in 256-cell steps
     while lo <= hi:
         mid = (lo + hi) // 2
         ctx = max(MIN_CTX_SIZE, mid * KV_PAD * parallel)
-        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)):
+        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash), HEADROOM):
             best, lo = ctx, mid + 1
         else:
             hi = mid - 1
@@ -456,11 +457,11 @@ def _largest_ctx(shape, rig, parallel, ngl, shares, ck, cv, flash, rope_scaling)
 
 
 def _most_layers(shape, rig, ctx, parallel, shares, ck, cv, flash):
-    """The most layers that fit on the GPUs at this context (0: none)."""
+    """The most layers that fit on the GPUs at this context with HEADROOM left on each (0: none)."""
     lo, hi, best = 1, shape.layers + 1, 0
     while lo <= hi:
         mid = (lo + hi) // 2
-        if _fits(layout(shape, rig, ctx, parallel, mid, shares, ck, cv, flash)):
+        if _fits(layout(shape, rig, ctx, parallel, mid, shares, ck, cv, flash), HEADROOM):
             best, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -545,14 +546,16 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
                        f"rig has {_gb(sum(g.capacity for g in wanted_gpus))}")
         else:
             summary = f"needs {_gb(wanted[-1].needed)} of RAM, rig has {_gb(rig.ram)}"
+        if summary.endswith(f"rig has {_gb(rig.ram)}") and wanted[-1].needed <= rig.ram:
+            summary += f" ({_gb(HOST_RESERVE)} kept for the system)"
         suggestions = _suggestions(shape, rig, ctx, parallel, target, args, siblings, model_bytes, this_quant,
                                    rope_scaling, ngl if ngl != target and _fits(devices) else None)
         if suggestions:
             summary += " — try " + ", or ".join(suggestions)
     # A given n_gpu_layers stays as written (99 means all to llama.cpp as to the provider).
-    flags = {"n_gpu_layers": n_gpu_layers if n_gpu_layers is not None and ngl == target else ngl, "tensor_split": tensor_split or "", "ctx_size": ctx, "parallel": parallel,
-             "threads": rig.cores, "flash_attn": flash_attn, "cache_type_k": cache_type_k,
-             "cache_type_v": cache_type_v}
+    flags = {"n_gpu_layers": n_gpu_layers if n_gpu_layers is not None and ngl == target else ngl,
+             "tensor_split": tensor_split or "", "ctx_size": ctx, "parallel": parallel, "threads": rig.cores,
+             "flash_attn": flash_attn, "cache_type_k": cache_type_k, "cache_type_v": cache_type_v}
     return Plan(devices=devices, flags=flags, fits=fits, needed=needed, capacity=capacity, spare=capacity - needed,
                 max_ctx_size=max_ctx, max_ctx_note=max_ctx_note, summary=summary, warnings=warnings,
                 suggestions=suggestions)
@@ -573,7 +576,7 @@ def _suggestions(shape, rig, ctx, parallel, ngl, args, siblings, model_bytes, th
     for quant, sibling_size in sorted(siblings or [], key=lambda s: -(s[1] or 0)):
         if not quant or not sibling_size or sibling_size >= size or quant == this_quant:
             continue
-        if _fits(layout(_scaled(shape, sibling_size / size), rig, ctx, parallel, ngl, *args)):
+        if _fits(layout(_scaled(shape, sibling_size / size), rig, ctx, parallel, ngl, *args), HEADROOM):
             out.append(str(quant))
             break
     smaller = _largest_ctx(shape, rig, parallel, ngl, *args, rope_scaling)

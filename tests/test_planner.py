@@ -132,9 +132,10 @@ def test_q4_k_m_leaves_more_room_than_q8_0_and_takes_a_larger_context():
     assert q4.max_ctx_size > q8.max_ctx_size
     assert q4.flags["ctx_size"] == q4.max_ctx_size  # left to the planner: the largest that fits
     assert q4.flags["ctx_size"] % (256 * 4) == 0
+    # The largest leaves HEADROOM on the GPU; one more 256-token step per slot would not.
     at_most = planner.plan(llama_8b("Q4_K_M"), rig(24), ctx_size=q4.max_ctx_size, parallel=4)
     one_more = planner.plan(llama_8b("Q4_K_M"), rig(24), ctx_size=q4.max_ctx_size + 1024, parallel=4)
-    assert at_most.fits and not one_more.fits
+    assert at_most.devices[0].spare >= planner.HEADROOM > one_more.devices[0].spare
 
 
 def test_without_flash_attention_the_kq_matrix_grows_the_compute_buffer():
