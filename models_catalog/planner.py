@@ -229,9 +229,22 @@ def rig_from_hardware(hardware):
     ram = hardware.get("ram_total")
     if isinstance(ram, bool) or not isinstance(ram, int) or ram <= 0:
         raise PlanRefused("the rig's hardware report has no RAM size")
-    cores = hardware.get("cpu_cores_physical")
-    cores = cores if isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores <= 4096 else None
-    return Rig(gpus=gpus, ram=ram, cores=cores)
+    return Rig(gpus=gpus, ram=ram, cores=math_cores(hardware.get("cpu_cores_physical"),
+                                                    hardware.get("cpu_cores_logical")))
+
+
+def math_cores(physical, logical):
+    """Threads for llama.cpp: one per physical core, leaving out a hybrid CPU's efficiency cores as llama.cpp's
+    own default does (cpu_get_num_math). Performance cores have two threads, efficiency cores one, so with
+    physical < logical < 2 × physical there are logical - physical performance cores: an i7-13700K reports 16
+    and 24, giving 8 — the seed guide's --threads 8."""
+    def count(value):
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 4096 else None
+
+    physical, logical = count(physical), count(logical)
+    if physical and logical and physical < logical < 2 * physical:
+        return logical - physical
+    return physical
 
 
 

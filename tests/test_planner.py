@@ -64,12 +64,12 @@ def weights(facts):
     return sum(facts["layer_bytes"]) + facts["token_embd_bytes"] + facts["output_bytes"] + facts["other_bytes"]
 
 
-def rig(*vram_gib, name="NVIDIA GeForce RTX 3090", ram_gib=64, cores=16):
-    return {"ram_total": ram_gib * GiB, "cpu_cores_physical": cores, "cpu_cores_logical": cores * 2,
+def rig(*vram_gib, name="NVIDIA GeForce RTX 3090", ram_gib=64, cores=16, threads=None):
+    return {"ram_total": ram_gib * GiB, "cpu_cores_physical": cores, "cpu_cores_logical": threads or cores * 2,
             "gpus": [{"index": i, "name": name, "vram_total": int(v * GiB)} for i, v in enumerate(vram_gib)]}
 
 
-SEED_RIG = rig(24, 24)  # the seed build: 2× RTX 3090, 64 GB RAM, i7-13700K (16 cores)
+SEED_RIG = rig(24, 24, cores=16, threads=24)  # the seed build: 2× RTX 3090, 64 GB RAM, i7-13700K (8P + 8E cores)
 CPU_RIG = rig(ram_gib=32, cores=8)
 SEED_SINGLE = {"ctx_size": 8192, "n_gpu_layers": 99, "parallel": 4, "flash_attn": "auto"}
 SEED_DUAL = {"ctx_size": 8192, "n_gpu_layers": 99, "parallel": 22, "flash_attn": "auto", "tensor_split": "1,1"}
@@ -318,3 +318,10 @@ def test_check_refuses_from_facts_and_hardware_as_a_form_would_call_it():
     planner.check(llama_8b("Q4_K_M"), SEED_RIG, ctx_size=8192, parallel=4, n_gpu_layers=99, tensor_split="1,1")
     with pytest.raises(PlanRefused, match="2 share"):
         planner.check(llama_8b("Q4_K_M"), rig(24), tensor_split="1,1")
+
+
+def test_threads_are_the_performance_cores():
+    assert planner.plan(llama_8b("Q4_K_M"), SEED_RIG, ctx_size=8192).flags["threads"] == 8  # the seed's --threads 8
+    assert planner.math_cores(16, 32) == 16  # every core with two threads
+    assert planner.math_cores(2, 2) == 2  # no SMT
+    assert planner.math_cores(None, 8) is None and planner.math_cores(True, 8) is None
