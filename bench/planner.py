@@ -14,6 +14,7 @@ timings.predicted_per_second over rounds × reps requests each; the ratio is pla
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main():
         print(f"rig: {hardware['cpu_model']}, {hardware['cpu_cores_physical']} physical / "
               f"{hardware['cpu_cores_logical']} logical cores, {hardware['ram_total'] / 2**30:.1f} GiB RAM, "
               f"{len(hardware['gpus'])} GPU(s)")
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"plan: {plan.summary}")
         print(f"planner flags: {planned}")
         print(f"seed flags:    {seed}")
@@ -124,6 +126,7 @@ def main():
             medians[name] = statistics.median(values)
             print(f"{name:<10}{medians[name]:>14.1f}{min(values):>9.1f}{max(values):>9.1f}")
         print(f"ratio planner / seed: {medians['planner'] / medians['seed']:.2f}")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
