@@ -28,6 +28,8 @@ SHAPES = {
                 2048, 1, "on", ("f16", "f16")),
     "f16-gqa-4-slots-no-flash": (dict(n_layers=6, width=512, heads=8, kv_heads=2, ffn=1536, pieces=6000,
                                       context=1024, weights="F16"), 4096, 4, "off", ("f16", "f16")),
+    "f32-gqa-5-padded-slots": (dict(n_layers=4, width=256, heads=8, kv_heads=2, ffn=768, pieces=3000,
+                                    context=1024), 3000, 5, "on", ("f16", "f16")),  # 5 × 768 cells, not 3000
     "q8_0-gqa": (dict(n_layers=4, width=512, heads=8, kv_heads=2, ffn=1536, pieces=6000, context=8192,
                       weights="Q8_0"), 8192, 2, "auto", ("f16", "f16")),
     "q8_0-tied-mqa-q8-cache": (dict(n_layers=3, width=768, heads=12, kv_heads=1, ffn=2048, pieces=12000,
