@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as Q
 from models_catalog import planner
 from models_catalog.planner import GiB, MiB, HeaderNeedsReading, PlanRefused
 from nodes.agent import gguf_facts
+from nodes.agent.serverspec import ServerSpec
 from tests.gguf_model import write_tiny_llama
 
 
@@ -325,3 +326,11 @@ def test_threads_are_the_performance_cores():
     assert planner.math_cores(16, 32) == 16  # every core with two threads
     assert planner.math_cores(2, 2) == 2  # no SMT
     assert planner.math_cores(None, 8) is None and planner.math_cores(True, 8) is None
+
+
+@pytest.mark.parametrize("facts, hardware", [
+    (llama_8b("Q4_K_M"), SEED_RIG), (llama_70b(), rig(24)), (llama_8b("Q8_0"), CPU_RIG), (tinyllama(), SEED_RIG),
+])
+def test_the_recommended_flags_make_a_valid_server_spec(facts, hardware):
+    flags = planner.plan(facts, hardware).flags
+    ServerSpec(deployment_id=1, binary="/opt/llama-server", model_path="/models/m.gguf", port=8080, **flags)
