@@ -537,6 +537,9 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
     if shape.experts:
         warnings.append(f"a mixture of {shape.experts} experts: every expert's weights are counted in memory; "
                         "the compute estimate assumes a dense model")
+    if not all(shape.kv_heads):
+        warnings.append("some layers have no attention (a hybrid or recurrent model): their recurrent state is not "
+                        "counted")
     if shape.sliding_window:
         warnings.append("sliding-window attention: the KV estimate counts every layer at full context (an upper bound)")
     if not host.fits:

@@ -334,3 +334,10 @@ def test_threads_are_the_performance_cores():
 def test_the_recommended_flags_make_a_valid_server_spec(facts, hardware):
     flags = planner.plan(facts, hardware).flags
     ServerSpec(deployment_id=1, binary="/opt/llama-server", model_path="/models/m.gguf", port=8080, **flags)
+
+
+def test_per_layer_kv_heads_size_each_layers_cache_and_say_what_is_not_counted():
+    facts = {**llama_8b("Q8_0"), "head_count_kv_layers": [8, 0] * 16}  # a hybrid: every other layer recurrent
+    plan = planner.plan(facts, rig(80), ctx_size=8192, parallel=1)
+    assert sum(d.kv for d in plan.devices) == 16 * 8192 * 2 * (8 * 128) * 2
+    assert any("no attention" in w for w in plan.warnings)
