@@ -116,7 +116,6 @@ class Plan:
                 "warnings": list(self.warnings), "suggestions": list(self.suggestions)}
 
 
-
 @dataclass
 class Shape:
     layers: int
@@ -184,6 +183,8 @@ def shape_from_facts(facts, model_bytes=None):
         known = token_embd + output
         layer_bytes = [max(0, model_bytes - known) // layers] * layers
     head_width = width // heads
+    if not head_width:
+        raise PlanRefused(f"the header facts have {heads} heads for a width of {width}")
     return Shape(
         layers=layers, width=width, heads=heads, kv_heads=kv_heads,
         key_length=_count(facts, "key_length", 1, 1 << 16, required=False) or head_width,
@@ -245,7 +246,6 @@ def math_cores(physical, logical):
     if physical and logical and physical < logical < 2 * physical:
         return logical - physical
     return physical
-
 
 
 def parse_tensor_split(text):
@@ -321,7 +321,6 @@ def _check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_s
         raise PlanRefused(f"cache-type-v {cache_type_v} needs flash attention (llama.cpp refuses a quantized V "
                           "cache without it): set flash-attn on or auto")
     return shares
-
 
 
 def cache_row_bytes(cache_type, elements):
@@ -429,7 +428,6 @@ def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type
         host.compute = copies * _compute_bytes(parts, 0, False, host_of_gpus=True)
     host.overhead = 4 * shape.vocab * parallel  # the logits output buffer (llama-context.cpp output_reserve)
     return gpus + [host]
-
 
 
 def _gb(value):
