@@ -159,7 +159,7 @@ class DeploymentForm(forms.ModelForm):
         well enough to plan). Raises PlanRefused for what llama-server cannot run as asked."""
         trained = trained_context(model_file)
         per_slot = data["ctx_size"] // data["parallel"]
-        rope = fit.has_rope_setting(flags)
+        rope = fit.rope_scaling(flags)
         if trained and per_slot > trained and not rope:
             raise planner.PlanRefused(
                 f"ctx-size {data['ctx_size']} gives each of the {data['parallel']} parallel slots {per_slot} tokens, "
@@ -173,12 +173,8 @@ class DeploymentForm(forms.ModelForm):
                 n_gpu_layers=None if no_gpus else data["n_gpu_layers"], tensor_split=data.get("tensor_split") or None,
                 cache_type_k=data["cache_type_k"], cache_type_v=data["cache_type_v"], flash_attn=data["flash_attn"],
                 rope_scaling=rope)
-        except planner.HeaderNeedsReading:
-            return None
-        except planner.PlanRefused as exc:
-            if "not reported its hardware" in str(exc) or "header facts" in str(exc):
-                return None  # nothing to plan against: the launch is not refused for it
-            raise
+        except planner.CannotPlan:
+            return None  # nothing to plan against (header not read, no hardware report): the launch is not refused
 
     def _own_server_listens(self, port):
         """The rig reports this deployment's own running server on its saved port: keeping that port is fine."""
@@ -267,7 +263,7 @@ def planned_plan(deployment):
         n_gpu_layers=None if has_no_gpus(deployment.node) else deployment.n_gpu_layers,
         tensor_split=deployment.tensor_split or None, cache_type_k=deployment.cache_type_k,
         cache_type_v=deployment.cache_type_v, flash_attn=deployment.flash_attn,
-        rope_scaling=fit.has_rope_setting(deployment.extra_flags))
+        rope_scaling=fit.rope_scaling(deployment.extra_flags))
 
 
 def suggested_settings(node, rig_file=None, ctx_size=None, parallel=None):

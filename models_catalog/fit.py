@@ -1,25 +1,22 @@
-"""The fit planner (models_catalog/planner.py) applied to the panel's rows: a catalogue file or a file on a rig,
-planned on a rig from its last hardware report."""
+"""The fit planner (models_catalog/planner.py) for the panel's rows: a catalogue file or a file on a rig's disk,
+planned on a rig from its last hardware report. Pages and forms call these; the planner itself stays plain Python."""
 
 from dataclasses import dataclass
 
-from models_catalog import planner
-from models_catalog.models import ModelFile
+from . import planner
 
-ROPE_FLAGS = ("--rope-freq-scale", "--rope-scaling", "--yarn-orig-ctx")
-
-
-def has_rope_setting(extra_flags):
-    """A rope setting among the extra flags lets a slot's context go past the trained context."""
-    return any(str(flag).split("=", 1)[0].strip() in ROPE_FLAGS for flag in extra_flags or [])
+# Launch flags that change rope scaling, so a slot may go past the trained context (serverspec.EXTRA_FLAGS).
+ROPE_FLAGS = ("--rope-freq-scale", "--rope-freq-base")
 
 
-def facts_of(rig_file):
-    """The header facts for a file on a rig: its own (read on the rig), else its catalogue entry's."""
-    own = rig_file.facts or {}
-    if "planner_facts" in own or not rig_file.model_file_id:
-        return own
-    return rig_file.model_file.facts or own
+def facts_ready(facts):
+    """The header was read with what the planner needs; facts read before it lack `planner_facts`."""
+    return isinstance(facts, dict) and "planner_facts" in facts
+
+
+def rope_scaling(extra_flags):
+    """Whether a deployment's extra flags set a rope scaling (then ctx-size may exceed the trained context)."""
+    return any(isinstance(flag, str) and flag.partition("=")[0].strip() in ROPE_FLAGS for flag in extra_flags or [])
 
 
 def model_size(model_file):
@@ -31,30 +28,38 @@ def model_size(model_file):
 
 
 def siblings(model_file):
-    """(quant, size) of the catalogue's other files of the same model: a smaller one is suggested when this one
-    does not fit."""
+    """(quant, size) of the other catalogue files of the same model, for "try Q4_K_M" when this one does not fit."""
     if model_file is None:
         return []
-    others = ModelFile.objects.filter(model_id=model_file.model_id).exclude(pk=model_file.pk)
-    return [(other.file_type or other.quant, model_size(other)) for other in others]
+    return [(other.file_type, model_size(other)) for other in model_file.model.files.exclude(pk=model_file.pk)
+            if model_size(other) and other.file_type]
 
 
-def plan_file(model_file, node, **flags):
-    """A catalogue file planned on a rig. Raises planner.PlanRefused (with the reason) when it cannot be."""
+def plan_model_file(model_file, node, **flags):
+    """Plan a catalogue file on a rig, before it is downloaded: its header facts (read by range requests) against
+    node.hardware. `flags`: planner.plan's ctx_size, parallel, n_gpu_layers, tensor_split, cache types, flash_attn,
+    rope_scaling. Raises planner.PlanRefused (HeaderNeedsReading when the header needs reading again)."""
     return planner.plan(model_file.facts, node.hardware, siblings=siblings(model_file),
                         model_bytes=model_size(model_file), this_quant=model_file.file_type, **flags)
 
 
 def plan_rig_file(rig_file, node=None, **flags):
-    """A file on a rig planned on that rig."""
-    catalogue = rig_file.model_file if rig_file.model_file_id else None
-    return planner.plan(facts_of(rig_file), (node or rig_file.node).hardware, siblings=siblings(catalogue),
-                        model_bytes=model_size(catalogue) if catalogue else rig_file.size,
-                        this_quant=catalogue.file_type if catalogue else None, **flags)
+    """Plan a file on a rig's disk on that rig (or another `node`): the facts its agent read from the file, or the
+    catalogue file's when the agent's were read before the planner existed."""
+    node = node or rig_file.node
+    model_file = rig_file.model_file
+    facts = rig_file.facts
+    if not facts_ready(facts) and model_file is not None and facts_ready(model_file.facts):
+        facts = model_file.facts
+    return planner.plan(facts, node.hardware, siblings=siblings(model_file),
+                        model_bytes=rig_file.size or None,
+                        this_quant=model_file.file_type if model_file else (facts or {}).get("file_type"), **flags)
 
 
 @dataclass
 class RigFit:
+    """One rig's answer to "can it host this file, and how"."""
+
     node: object
     plan: object = None  # planner.Plan, or None with `refused` saying why
     refused: str = ""
@@ -74,7 +79,8 @@ class RigFit:
 
 
 def rigs_for(model_file, nodes, ctx_size=None, parallel=None):
-    """Which of these rigs can host this file, and how: one RigFit per rig, in the order given."""
+    """Which of these rigs can host this catalogue file, and how: one RigFit per rig, in the order given. The
+    catalogue queries are made once, not once per rig."""
     copies = {c.node_id: c for c in model_file.copies.all()}
     extra = dict(siblings=siblings(model_file), model_bytes=model_size(model_file), this_quant=model_file.file_type)
     fits = []

@@ -12,14 +12,15 @@ Pure functions, no Django: a model file's header facts (nodes/agent/gguf_facts.p
   elements of the cache type; it lives with its layer.
 - compute buffer: the graph allocator's peak for a 512-token micro-batch (llama-context.cpp sched_reserve):
   the largest of attention (without flash attention the n_kv × 512 × heads f32 KQ matrix), feed-forward and
-  output logits (512 × vocab f32), plus the graph's inputs (the KQ mask is n_kv × 512).
+  output (one logits row per slot in llama-server), with the graph's inputs (the KQ mask is n_kv × 512).
+  Fitted to the CPU llama-server's load log and to llama-fit-params (tests/test_planner_llama.py).
 - per GPU: CUDA_OVERHEAD for the CUDA context, cuBLAS workspace and the memory pool.
 """
 
 import math
 from dataclasses import dataclass, field
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 
 # Bytes per block and elements per block of each KV cache type (ggml's type traits).
 CACHE_TYPES = {
@@ -33,10 +34,14 @@ KV_PAD = 256  # llama-context.cpp: n_ctx and each slot's n_ctx_seq are padded to
 # for a process that has only created a CUDA 12 context on Ampere/Ada, and llama.cpp's own fit
 # (common/fit.cpp) keeps 1024 MiB per device free on top of its estimate for this and other processes.
 CUDA_OVERHEAD = 512 * MiB
+# What the planner leaves free on each GPU when it chooses the context or the layers itself (not when judging
+# flags it was given): its CUDA compute estimate is modelled on the source, not measured on a GPU.
+HEADROOM = 512 * MiB
 HOST_RESERVE = 2 * GiB  # RAM left to the OS, the agent and page cache before a plan counts as fitting
 # llama.cpp clamps any --n-gpu-layers above the layer count; these are the values people write for "all".
 ALL_LAYERS = (99, 999)
 MIN_CTX_SIZE, MAX_CTX_SIZE, MAX_PARALLEL = 256, 1_048_576, 256  # serverspec's bounds
+SCHED_COPIES = 4  # GGML_SCHED_MAX_COPIES, the build's default
 FIT_MIN_CTX = 4096  # common.h fit_params_min_ctx: llama.cpp's own fit shrinks the context to this before layers
 DEFAULT_PARALLEL = 4  # llama-server's slot count when none is given, and the seed presets'
 _MAX_LAYERS = 4096
@@ -46,7 +51,12 @@ class PlanRefused(ValueError):
     """A combination llama-server cannot run as asked, with the reason in words for the provider."""
 
 
-class HeaderNeedsReading(PlanRefused):
+class CannotPlan(PlanRefused):
+    """Not a refusal of the flags: the header facts or the rig's hardware report are missing or unusable, so there is
+    nothing to plan against (a form saves the settings anyway; a page says why)."""
+
+
+class HeaderNeedsReading(CannotPlan):
     """The facts were read before they carried what the planner needs (no `planner_facts` key)."""
 
 
@@ -61,7 +71,7 @@ class Device:
     weights: int = 0
     kv: int = 0
     compute: int = 0
-    overhead: int = 0
+    overhead: int = 0  # a GPU: the CUDA context and pools; the CPU: llama.cpp's logits output buffer
 
     @property
     def needed(self):
@@ -111,8 +121,6 @@ class Plan:
                 "warnings": list(self.warnings), "suggestions": list(self.suggestions)}
 
 
-# ---- inputs: the header facts and the hardware report, checked (a rig's report is not trusted) ----
-
 @dataclass
 class Shape:
     layers: int
@@ -141,7 +149,7 @@ def _count(facts, key, lo=0, hi=1 << 50, required=True):
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise PlanRefused(f"the header facts have no usable {key.replace('_', ' ')} ({value!r})")
+        raise CannotPlan(f"the header facts have no usable {key.replace('_', ' ')} ({value!r})")
     return value
 
 
@@ -160,14 +168,14 @@ def shape_from_facts(facts, model_bytes=None):
     if per_layer is not None:
         if not isinstance(per_layer, list) or len(per_layer) != layers or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 14 for v in per_layer):
-            raise PlanRefused("the header facts' per-layer KV head counts do not match the layer count")
+            raise CannotPlan("the header facts' per-layer KV head counts do not match the layer count")
         kv_heads = list(per_layer)
     else:
         kv_heads = [kv_common] * layers
     layer_bytes = facts.get("layer_bytes")
     if not isinstance(layer_bytes, list) or len(layer_bytes) != layers or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 45 for v in layer_bytes):
-        raise PlanRefused("the header facts' layer sizes do not match the layer count")
+        raise CannotPlan("the header facts' layer sizes do not match the layer count")
     token_embd = _count(facts, "token_embd_bytes", 0, 1 << 45)
     output = _count(facts, "output_bytes", 0, 1 << 45) + _count(facts, "other_bytes", 0, 1 << 45)
     if facts.get("output_tied") is True:
@@ -176,10 +184,12 @@ def shape_from_facts(facts, model_bytes=None):
     if facts.get("tensors_complete") is False:
         # A split model: the first file's header lists its own tensors only; spread the rest over the layers.
         if not isinstance(model_bytes, int) or model_bytes <= 0:
-            raise PlanRefused("a split model's size is needed to plan it (its first file lists only its own tensors)")
+            raise CannotPlan("a split model's size is needed to plan it (its first file lists only its own tensors)")
         known = token_embd + output
         layer_bytes = [max(0, model_bytes - known) // layers] * layers
     head_width = width // heads
+    if not head_width:
+        raise CannotPlan(f"the header facts have {heads} heads for a width of {width}")
     return Shape(
         layers=layers, width=width, heads=heads, kv_heads=kv_heads,
         key_length=_count(facts, "key_length", 1, 1 << 16, required=False) or head_width,
@@ -212,25 +222,36 @@ def short_gpu_name(name):
 def rig_from_hardware(hardware):
     """A rig from its agent's hardware report (probe.probe_hardware): gpus[].vram_total, ram_total, cores."""
     if not isinstance(hardware, dict) or "ram_total" not in hardware:
-        raise PlanRefused("the rig has not reported its hardware yet")
+        raise CannotPlan("the rig has not reported its hardware yet")
     gpus = []
     for position, gpu in enumerate(hardware.get("gpus") or []):
         if not isinstance(gpu, dict):
-            raise PlanRefused("the rig's hardware report lists a GPU without its memory")
+            raise CannotPlan("the rig's hardware report lists a GPU without its memory")
         vram = gpu.get("vram_total")
         if isinstance(vram, bool) or not isinstance(vram, int) or not 0 < vram < 1 << 44:
-            raise PlanRefused("the rig's hardware report lists a GPU without its memory")
+            raise CannotPlan("the rig's hardware report lists a GPU without its memory")
         index = gpu.get("index")
         gpus.append((index if isinstance(index, int) else position, short_gpu_name(gpu.get("name")), vram))
     ram = hardware.get("ram_total")
     if isinstance(ram, bool) or not isinstance(ram, int) or ram <= 0:
-        raise PlanRefused("the rig's hardware report has no RAM size")
-    cores = hardware.get("cpu_cores_physical")
-    cores = cores if isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores <= 4096 else None
-    return Rig(gpus=gpus, ram=ram, cores=cores)
+        raise CannotPlan("the rig's hardware report has no RAM size")
+    return Rig(gpus=gpus, ram=ram, cores=math_cores(hardware.get("cpu_cores_physical"),
+                                                    hardware.get("cpu_cores_logical")))
 
 
-# ---- the combinations llama-server cannot run ----
+def math_cores(physical, logical):
+    """Threads for llama.cpp: one per physical core, leaving out a hybrid CPU's efficiency cores as llama.cpp's
+    own default does (cpu_get_num_math). Performance cores have two threads, efficiency cores one, so with
+    physical < logical < 2 × physical there are logical - physical performance cores: an i7-13700K reports 16
+    and 24, giving 8 — the seed guide's --threads 8."""
+    def count(value):
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 4096 else None
+
+    physical, logical = count(physical), count(logical)
+    if physical and logical and physical < logical < 2 * physical:
+        return logical - physical
+    return physical
+
 
 def parse_tensor_split(text):
     if not text:
@@ -244,9 +265,17 @@ def parse_tensor_split(text):
     return shares
 
 
-def check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None, cache_type_k="f16",
-          cache_type_v="f16", flash_attn="auto", rope_scaling=False):
-    """Raise PlanRefused with the reason for a combination llama-server cannot run as asked.
+def check(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None,
+          cache_type_k="f16", cache_type_v="f16", flash_attn="auto", rope_scaling=False, model_bytes=None):
+    """Raise PlanRefused with the reason when llama-server cannot run this model on this rig with these flags
+    (a form's clean step calls this; plan() calls it too)."""
+    _check(shape_from_facts(facts, model_bytes), rig_from_hardware(hardware), ctx_size, parallel, n_gpu_layers,
+           tensor_split, cache_type_k, cache_type_v, flash_attn, rope_scaling)
+
+
+def _check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_split=None, cache_type_k="f16",
+           cache_type_v="f16", flash_attn="auto", rope_scaling=False):
+    """The refusals, on a parsed shape and rig; returns the tensor split's shares (None: by VRAM).
 
     `n_gpu_layers` above layers + 1 (the output layer) is refused, except 99 and 999, which the seed and most
     guides write for "all" and llama.cpp clamps: a 40 for a 32-layer model is more likely a mistake (a different
@@ -289,7 +318,8 @@ def check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_sp
         block = CACHE_TYPES[value][1]
         length = shape.key_length if name.endswith("k") else shape.value_length
         if length % block:
-            raise PlanRefused(f"{name} {value} needs a head width that is a multiple of {block} (this model's: {length})")
+            raise PlanRefused(f"{name} {value} needs a head width that is a multiple of {block} "
+                              f"(this model's: {length})")
     if flash_attn not in FLASH_ATTN:
         raise PlanRefused(f"flash-attn must be one of {', '.join(FLASH_ATTN)}")
     if flash_attn == "off" and CACHE_TYPES[cache_type_v][1] > 1:
@@ -297,8 +327,6 @@ def check(shape, rig, ctx_size=None, parallel=None, n_gpu_layers=None, tensor_sp
                           "cache without it): set flash-attn on or auto")
     return shares
 
-
-# ---- the memory model ----
 
 def cache_row_bytes(cache_type, elements):
     size, block = CACHE_TYPES[cache_type]
@@ -320,33 +348,38 @@ def kv_layer_bytes(shape, il, cells, cache_type_k, cache_type_v):
                     + cache_row_bytes(cache_type_v, shape.value_length * kv))
 
 
-def _compute_parts(shape, per_seq, parallel, flash):
-    """Peak bytes of each phase of a 512-token micro-batch, and the graph inputs (f32 activations)."""
-    t = N_UBATCH
+def _compute_parts(shape, n_ctx, per_seq, parallel, flash, n_outputs=None):
+    """Peak bytes of each phase of one micro-batch (at most 512 tokens) as ggml's graph allocator lays it out,
+    each including the graph's inputs; fitted to what the vendored llama-server logs (tests/test_planner_llama.py).
+
+    Activations are f32, so a tensor of width w costs 4 × tokens × w. The inputs hold the KQ mask (n_kv × tokens,
+    f16 with flash attention, f32 without) and, without flash attention, the V cache's scatter indexes
+    (tokens × V width, int64). llama-server keeps one output row per slot (server_output_limits), so the logits
+    are `parallel` × vocab; llama-fit-params reserves a row per token (`n_outputs`)."""
+    t = min(n_ctx, N_UBATCH)
+    act = 4 * t
     q_width = shape.heads * shape.key_length
     out_width = shape.heads * shape.value_length
-    kv_width = max(shape.kv_heads) * shape.value_length
-    mask = per_seq * t * (2 if flash else 4)
-    inputs = 4 * t * 4 + 8 * t + mask + (8 * t if flash else 8 * t * kv_width)  # tokens, positions, ids, KV indexes
-    residual = 4 * t * shape.width
+    v_width = max(shape.kv_heads) * shape.value_length
+    inputs = 3 * act + 8 * t + per_seq * t * (2 if flash else 4) + (8 * t if flash else 8 * t * v_width)
     if flash:
-        attention = residual + 4 * t * (q_width + out_width)
-    else:
-        attention = residual + 4 * t * q_width + 4 * per_seq * t * shape.heads  # KQ, softmaxed in place
-    ffn = 4 * t * (2 * shape.width + 2 * shape.ffn)
-    output = 4 * t * (shape.width + shape.vocab)
-    return {"inputs": inputs, "embd": residual, "attention": attention, "ffn": ffn, "output": output}
+        attention = act * (3 * shape.width + q_width + out_width)
+    else:  # the n_kv × tokens × heads KQ matrix, softmaxed in place
+        attention = act * (3 * shape.width + 2 * q_width) + 4 * per_seq * t * shape.heads
+    ffn = act * (4 * shape.width + 3 * shape.ffn)
+    rows = min(t, n_outputs or parallel)
+    output = act * 2 * shape.width + 4 * rows * (shape.width + shape.vocab)  # the inputs are freed by then
+    return {"inputs": inputs, "embd": act * shape.width, "attention": inputs + attention, "ffn": inputs + ffn,
+            "output": output}
 
 
 def _compute_bytes(parts, layers, output, host_of_gpus=False):
-    if host_of_gpus:  # the CPU side of an offloaded model: the embedding lookup and the inputs
+    if host_of_gpus:  # the CPU side of a fully offloaded model: the embedding lookup and the inputs
         return parts["embd"] + parts["inputs"]
-    if not layers and not output:
-        return 0
     peaks = [parts["attention"], parts["ffn"]] if layers else []
     if output:
         peaks.append(parts["output"])
-    return parts["inputs"] + parts["embd"] + max(peaks)
+    return max(peaks, default=0)
 
 
 def _layer_devices(shape, n_gpu, shares, ngl):
@@ -368,14 +401,14 @@ def _layer_devices(shape, n_gpu, shares, ngl):
     return places
 
 
-def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type_v, flash):
+def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type_v, flash, n_outputs=None):
     """Bytes on each device for one set of flags: GPUs in order, then the CPU."""
     gpus = [Device(name=name, kind="gpu", index=index, capacity=vram) for index, name, vram in rig.gpus]
     host = Device(name="CPU", kind="cpu", index=None, capacity=max(0, rig.ram - HOST_RESERVE))
     shares = shares or [vram for _, _, vram in rig.gpus]
     places = _layer_devices(shape, len(gpus), shares, ngl)
     cells, per_seq = kv_cells(ctx_size, parallel)
-    parts = _compute_parts(shape, per_seq, parallel, flash)
+    parts = _compute_parts(shape, cells, per_seq, parallel, flash, n_outputs)
     host.weights = shape.token_embd
     for il, place in enumerate(places):
         device = host if place is None else gpus[place]
@@ -386,19 +419,21 @@ def layout(shape, rig, ctx_size, parallel, ngl, shares, cache_type_k, cache_type
             device.layers += 1
             device.weights += shape.layer_bytes[il]
             device.kv += kv_layer_bytes(shape, il, cells, cache_type_k, cache_type_v)
+    # Every layer on two or more GPUs: llama.cpp pipelines micro-batches and keeps SCHED_COPIES copies of each
+    # split's inputs (ggml-backend.cpp, n_copies), never freed.
+    copies = SCHED_COPIES if len(gpus) > 1 and ngl >= shape.layers + 1 else 1
     for gpu in gpus:
         gpu.compute = _compute_bytes(parts, gpu.layers, gpu.output)
+        if gpu.compute:
+            gpu.compute += (copies - 1) * (parts["embd"] + parts["inputs"])
         gpu.overhead = CUDA_OVERHEAD if ngl else 0
-    if any(gpu.layers or gpu.output for gpu in gpus):
-        host.compute = _compute_bytes(parts, host.layers, host.output) if (host.layers or host.output) \
-            else _compute_bytes(parts, 0, False, host_of_gpus=True)
-    else:
+    if host.layers or host.output:
         host.compute = _compute_bytes(parts, host.layers, host.output)
+    else:
+        host.compute = copies * _compute_bytes(parts, 0, False, host_of_gpus=True)
     host.overhead = 4 * shape.vocab * parallel  # the logits output buffer (llama-context.cpp output_reserve)
     return gpus + [host]
 
-
-# ---- the plan ----
 
 def _gb(value):
     """GB as GPU makers count VRAM (2^30 bytes: a 24 GB card), one decimal unless whole."""
@@ -415,37 +450,34 @@ def _rig_name(rig):
     return " + ".join(names)
 
 
-def _fits(devices):
-    return all(d.fits for d in devices)
+def _fits(devices, headroom=0):
+    return all(d.spare >= (headroom if d.kind == "gpu" else 0) for d in devices)
 
 
 def _largest_ctx(shape, rig, parallel, ngl, shares, ck, cv, flash, rope_scaling):
-    """The largest ctx-size (a multiple of 256 × parallel) that fits with these layers offloaded; None if none."""
+    """The largest ctx-size that fits with these layers offloaded and HEADROOM left on each GPU, each slot a
+    multiple of 256 tokens within the trained context (unless a rope scaling is set); None if none fits."""
     cap_per_slot = MAX_CTX_SIZE // parallel if rope_scaling else min(shape.context, MAX_CTX_SIZE // parallel)
-    lo, hi = 1, cap_per_slot // KV_PAD  # per-slot size in 256-cell steps
-    if hi < 1:
-        hi = 1
-    best = None
+    if cap_per_slot < KV_PAD:  # a model trained on under 256 tokens: one size to try
+        ctx = max(MIN_CTX_SIZE, cap_per_slot * parallel)
+        return ctx if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash), HEADROOM) else None
+    lo, hi, best = 1, cap_per_slot // KV_PAD, None  # per-slot size in 256-cell steps
     while lo <= hi:
         mid = (lo + hi) // 2
         ctx = max(MIN_CTX_SIZE, mid * KV_PAD * parallel)
-        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)):
+        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash), HEADROOM):
             best, lo = ctx, mid + 1
         else:
             hi = mid - 1
-    if best is None and cap_per_slot < KV_PAD:
-        ctx = max(MIN_CTX_SIZE, cap_per_slot * parallel)
-        if _fits(layout(shape, rig, ctx, parallel, ngl, shares, ck, cv, flash)):
-            best = ctx
     return best
 
 
 def _most_layers(shape, rig, ctx, parallel, shares, ck, cv, flash):
-    """The most layers that fit on the GPUs at this context (0: none)."""
+    """The most layers that fit on the GPUs at this context with HEADROOM left on each (0: none)."""
     lo, hi, best = 1, shape.layers + 1, 0
     while lo <= hi:
         mid = (lo + hi) // 2
-        if _fits(layout(shape, rig, ctx, parallel, mid, shares, ck, cv, flash)):
+        if _fits(layout(shape, rig, ctx, parallel, mid, shares, ck, cv, flash), HEADROOM):
             best, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -465,7 +497,7 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
     one when this does not fit; `this_quant` is skipped. `model_bytes`: the whole model's size (split models)."""
     shape = shape_from_facts(facts, model_bytes)
     rig = rig_from_hardware(hardware)
-    shares = check(shape, rig, ctx_size, parallel, n_gpu_layers, tensor_split, cache_type_k, cache_type_v,
+    shares = _check(shape, rig, ctx_size, parallel, n_gpu_layers, tensor_split, cache_type_k, cache_type_v,
                    flash_attn, rope_scaling)
     flash = flash_attn != "off"  # auto resolves to on wherever llama.cpp supports it (CUDA and CPU do)
     parallel = parallel or DEFAULT_PARALLEL
@@ -508,6 +540,9 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
     if shape.experts:
         warnings.append(f"a mixture of {shape.experts} experts: every expert's weights are counted in memory; "
                         "the compute estimate assumes a dense model")
+    if not all(shape.kv_heads):
+        warnings.append("some layers have no attention (a hybrid or recurrent model): their recurrent state is not "
+                        "counted")
     if shape.sliding_window:
         warnings.append("sliding-window attention: the KV estimate counts every layer at full context (an upper bound)")
     if not host.fits:
@@ -530,14 +565,16 @@ def plan(facts, hardware, ctx_size=None, parallel=None, n_gpu_layers=None, tenso
                        f"rig has {_gb(sum(g.capacity for g in wanted_gpus))}")
         else:
             summary = f"needs {_gb(wanted[-1].needed)} of RAM, rig has {_gb(rig.ram)}"
+        if summary.endswith(f"rig has {_gb(rig.ram)}") and wanted[-1].needed <= rig.ram:
+            summary += f" ({_gb(HOST_RESERVE)} kept for the system)"
         suggestions = _suggestions(shape, rig, ctx, parallel, target, args, siblings, model_bytes, this_quant,
                                    rope_scaling, ngl if ngl != target and _fits(devices) else None)
         if suggestions:
             summary += " — try " + ", or ".join(suggestions)
     # A given n_gpu_layers stays as written (99 means all to llama.cpp as to the provider).
-    flags = {"n_gpu_layers": n_gpu_layers if n_gpu_layers is not None and ngl == target else ngl, "tensor_split": tensor_split or "", "ctx_size": ctx, "parallel": parallel,
-             "threads": rig.cores, "flash_attn": flash_attn, "cache_type_k": cache_type_k,
-             "cache_type_v": cache_type_v}
+    flags = {"n_gpu_layers": n_gpu_layers if n_gpu_layers is not None and ngl == target else ngl,
+             "tensor_split": tensor_split or "", "ctx_size": ctx, "parallel": parallel, "threads": rig.cores,
+             "flash_attn": flash_attn, "cache_type_k": cache_type_k, "cache_type_v": cache_type_v}
     return Plan(devices=devices, flags=flags, fits=fits, needed=needed, capacity=capacity, spare=capacity - needed,
                 max_ctx_size=max_ctx, max_ctx_note=max_ctx_note, summary=summary, warnings=warnings,
                 suggestions=suggestions)
@@ -558,7 +595,7 @@ def _suggestions(shape, rig, ctx, parallel, ngl, args, siblings, model_bytes, th
     for quant, sibling_size in sorted(siblings or [], key=lambda s: -(s[1] or 0)):
         if not quant or not sibling_size or sibling_size >= size or quant == this_quant:
             continue
-        if _fits(layout(_scaled(shape, sibling_size / size), rig, ctx, parallel, ngl, *args)):
+        if _fits(layout(_scaled(shape, sibling_size / size), rig, ctx, parallel, ngl, *args), HEADROOM):
             out.append(str(quant))
             break
     smaller = _largest_ctx(shape, rig, parallel, ngl, *args, rope_scaling)

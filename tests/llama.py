@@ -91,6 +91,48 @@ def _server_binary():
     return cached
 
 
+def fit_params_binary():
+    """llama.cpp's `llama-fit-params` from the same source and flags as server_binary() (cached; ccache makes the
+    shared objects free once the server is built), for comparing the panel's fit planner with llama.cpp's own."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "llama-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _fit_params_binary()
+
+
+def _fit_params_binary():
+    from nodes.agent import builder
+
+    cached = CACHE / f"llama-fit-params-{TAG}-cpu"
+    if cached.exists():
+        return cached
+    work = CACHE / f"test-builds-{os.getpid()}"
+    build = builder.Builder(work, ccache_dir=CCACHE_DIR)
+    request = builder.BuildRequest(build_id=1, source=str(source_repo()), ref=TAG, backend="cpu")
+    workdir = work / "1"  # the layout Builder.build uses, so ccache (CCACHE_BASEDIR) finds the server's objects
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    log = builder._Log(None)
+    src, build_dir = workdir / "src", workdir / "build"
+    build._checkout(request, src, log)
+    commit = build._git(["git", "-C", str(src), "rev-parse", "--short=9", "HEAD"], log).strip()
+    count = build._git(["git", "-C", str(src), "rev-list", "--count", "HEAD"], log).strip()
+    env = build._env(workdir)
+    build._run(1, builder.configure_command(src, build_dir, "cpu", [], build_number=int(count), commit=commit),
+               env, log, "cmake configure")
+    build._run(1, ["cmake", "--build", str(build_dir), "--target", "llama-fit-params", "-j", str(build.jobs)],
+               env, log, "cmake build")
+    binary = build_dir / "bin" / "llama-fit-params"
+    if not binary.exists():
+        raise RuntimeError("llama-fit-params did not build:\n" + log.tail())
+    shutil.copy2(binary, cached.with_suffix(".tmp"))
+    os.replace(cached.with_suffix(".tmp"), cached)
+    shutil.rmtree(work, ignore_errors=True)
+    return cached
+
+
 def slow_server(path, seconds, binary=None):
     """A llama-server that takes `seconds` longer to start (a big model loading): a script that waits, then execs the
     real one (`--version` answers at once, so it can be adopted)."""

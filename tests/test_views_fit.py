@@ -54,7 +54,7 @@ def test_it_says_which_rigs_can_host_a_file_and_links_the_host_form_where_the_fi
     content = page(operator_client.get(llama.get_absolute_url()))
     assert 'data-node="alpha" data-fits="yes"' in content
     assert "--n-gpu-layers 33 --tensor-split" not in content  # the default split: no flag to write
-    assert "--n-gpu-layers 33" in content and "--threads 16" in content
+    assert "--n-gpu-layers 33" in content and "--threads 8" in content
     assert host_link(alpha, copy) in content
     # The CPU box runs it in its 32 GB of RAM, and says so; the file is not there yet.
     assert 'data-node="cpu-box" data-fits="yes"' in content
@@ -78,8 +78,8 @@ def test_a_70b_that_does_not_fit_says_what_it_needs_and_what_to_try(operator_cli
     content = page(operator_client.get(big.get_absolute_url()))
     assert 'data-node="single" data-fits="no"' in content
     # The smaller file of the same model in the catalogue, or fewer layers on the GPU and the rest on the CPU.
-    assert "needs 41 GB, rig has 24 GB — try IQ2_XS, or n-gpu-layers 46 (the rest on the CPU, slower)" in content
-    assert "--n-gpu-layers 46 --ctx-size 4096" in content  # the flags still run: the most layers that fit
+    assert "needs 41 GB, rig has 24 GB — try IQ2_XS, or n-gpu-layers 45 (the rest on the CPU, slower)" in content
+    assert "--n-gpu-layers 45 --ctx-size 4096" in content  # the flags still run: the most layers that fit
 
 
 def test_the_context_and_slots_asked_for_are_planned(operator_client, llama, rigs_):
@@ -137,7 +137,7 @@ def test_the_host_form_starts_at_the_planners_flags_for_the_file_it_came_from(op
     form = response.context["form"]
     plan = response.context["plan"]
     assert form["model_file"].value() == alpha_file.pk
-    assert (form["n_gpu_layers"].value(), form["parallel"].value(), form["threads"].value()) == (33, 8, 16)
+    assert (form["n_gpu_layers"].value(), form["parallel"].value(), form["threads"].value()) == (33, 8, 8)
     assert form["ctx_size"].value() == plan.flags["ctx_size"] == plan.max_ctx_size
     assert form["ctx_size"].value() <= 131072 * 8 and form["ctx_size"].value() > 8192
     assert f"Fit planner for llama-Q4_K_M.gguf: {plan.summary}" in page(response)

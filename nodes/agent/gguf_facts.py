@@ -119,12 +119,12 @@ def _planner_facts(reader, arch_value):
     common_heads = max(heads) if isinstance(heads, list) and heads else _int_or_none(heads)
     head_width = width // common_heads if width and common_heads else None
     split_count = _int_or_none(_value(reader, "split.count")) or 1
-    facts = {
+    return {
         "planner_facts": PLANNER_FACTS,
         "layer_bytes": layer_bytes,
         "token_embd_bytes": token_embd,
         "output_bytes": output,
-        "output_tied": not has_output,
+        "output_tied": not has_output and split_count <= 1,  # a split model's output may sit in another file
         "other_bytes": other,
         "tensors_complete": split_count <= 1,
         "key_length": _int_or_none(arch_value("attention.key_length")) or head_width,
@@ -139,7 +139,6 @@ def _planner_facts(reader, arch_value):
         "rope_scaling": _text_or_none(arch_value("rope.scaling.type")),
         "rope_scaling_factor": _float_or_none(arch_value("rope.scaling.factor")),
     }
-    return facts
 
 
 def _float_or_none(value):
