@@ -187,6 +187,9 @@ def clean_operation(payload):
     }
 
 
+MAX_FACTS_BYTES = 16_384
+
+
 def clean_model_files(payload):
     """Model files on the rig's disk: `replace` (a scan), `upsert` (a download) or `remove` (a delete)."""
     if not isinstance(payload, dict):
@@ -204,6 +207,8 @@ def clean_model_files(payload):
         facts = item.get("facts") or {}
         if not isinstance(facts, dict):
             raise ReportError("facts must be an object")
+        if len(json.dumps(facts)) > MAX_FACTS_BYTES:  # a header's facts are ~4 KB even at 128 layers
+            raise ReportError(f"facts of {item.get('path')!r} are more than {MAX_FACTS_BYTES} bytes")
         sha = _text(item, "sha256", 64, required=False)
         if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ReportError("sha256 must be 64 hex characters")

@@ -127,6 +127,7 @@ def test_it_leaves_other_rigs_files_alone(alpha):
     ([entry(TINY, sha256="abc")], "sha256 must be 64 hex characters"),
     ([entry(TINY, size=-1)], "size=-1 is outside"),
     ([entry(TINY, facts=["llama"])], "facts must be an object"),
+    ([entry(TINY, facts={"layer_bytes": [1] * 20000})], "are more than 16384 bytes"),  # a rig filling the table
     ([entry(TINY, shard_paths="/a.gguf")], "shard_paths must be a list of paths"),
     ([{"path": TINY}], "size is missing"),
 ])
