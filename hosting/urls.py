@@ -1,6 +1,6 @@
 from django.urls import path
 
-from hosting import views
+from hosting import chat_views, views
 
 urlpatterns = [
     path("rigs/<slug:name>/builds/", views.rig_builds, name="rig_builds"),
@@ -13,5 +13,8 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="deployment_list"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment_delete"),
+    path("deployments/<int:pk>/chat/", chat_views.deployment_chat, name="deployment_chat"),
+    path("deployments/<int:pk>/chat/<int:operation_pk>/", chat_views.deployment_chat_answer,
+         name="deployment_chat_answer"),
     path("deployments/<int:pk>/<str:action>/", views.deployment_action, name="deployment_action"),
 ]

@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
-from hosting import services
+from hosting import chat, services
 from hosting.forms import AdoptForm, BuildForm, DeploymentForm, suggest_port, suggested_settings
 from hosting.models import Build, Deployment
 from nodes import reauth
@@ -151,6 +151,7 @@ def deployment_detail(request, pk):
     context = {"deployment": deployment, "operations": operations, "exits": deployment.exits.all()[:10]}
     if request.htmx:
         return render(request, "hosting/deployment_detail.html#live", context)
+    context.update(chat.page_context(deployment, request.GET.get("chat")))
     return render(request, "hosting/deployment_detail.html", context)
 
 

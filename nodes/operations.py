@@ -21,6 +21,7 @@ AGENT_TASKS = {
     Operation.LAUNCH: protocol.AGENT_APPLY_DEPLOYMENT,
     Operation.STOP: protocol.AGENT_APPLY_DEPLOYMENT,
     Operation.RESTART: protocol.AGENT_APPLY_DEPLOYMENT,
+    Operation.CHAT: protocol.AGENT_CHAT_DEPLOYMENT,
 }
 
 
