@@ -42,7 +42,7 @@ class FakeServer:
     """A local HTTP server answering each path with what the test sets: (status, body, delay)."""
 
     def __init__(self):
-        self.routes, self.requests = {}, []
+        self.routes, self.requests, self.pace = {}, [], 0.0  # pace: seconds between two pieces of a stream
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +58,7 @@ class FakeServer:
                 for chunk in chunks:
                     self.wfile.write(chunk)
                     self.wfile.flush()
+                    time.sleep(outer.pace)
 
             def do_GET(self):
                 self._answer()
@@ -320,3 +321,69 @@ def test_it_says_so_when_no_server_answers():
 def test_the_rig_checks_a_chat_request_again(change, error):
     with pytest.raises(serving.ChatError, match=error):
         serving.check_chat_request({**REQUEST, **change})
+
+
+# --- the rig's chat command (nodes/agent/tasks/chat.py), without Celery ------------------------------------------
+class ReportingAgent:
+    """What the chat command uses of the agent: its supervisor, and the operation reports it sends (kept here)."""
+
+    def __init__(self, supervisor):
+        self.supervisor, self.reports, self.sent_at = supervisor, [], []
+
+    def operation(self, operation_id, status, message="", result=None, **_extra):
+        self.reports.append((operation_id, status, message, result))
+        self.sent_at.append(time.monotonic())
+
+
+@pytest.fixture
+def rig(tmp_path, fake):
+    from nodes.agent.serverspec import ServerSpec
+    from nodes.agent.supervisor import Server, Supervisor
+
+    supervisor = Supervisor(tmp_path)
+    spec = ServerSpec(deployment_id=5, binary="/opt/llama-server", model_path="/models/a.gguf", port=fake.port,
+                      api_key=KEY)
+    supervisor.servers[5] = Server(spec, tmp_path / "5")
+    return ReportingAgent(supervisor)
+
+
+def test_the_rig_refuses_a_chat_for_a_server_it_does_not_run_healthy(rig):
+    from nodes.agent.tasks import chat
+
+    chat.chat(rig, 1, 5, REQUEST)
+    chat.chat(rig, 2, 6, REQUEST)
+    assert rig.reports == [(1, "failed", "the server is stopped on the rig: launch it first", None),
+                           (2, "failed", "deployment 6 is not on this rig", None)]
+
+
+def test_the_rig_streams_running_reports_then_the_whole_answer(rig, fake):
+    from nodes.agent.supervisor import HEALTHY
+    from nodes.agent.tasks import chat
+
+    rig.supervisor.servers[5].state = HEALTHY
+    timings = {"predicted_n": 30, "predicted_per_second": 80.0}
+    fake.pace = 0.03
+    fake.set("/v1/chat/completions", [chunk(f"w{i} ") for i in range(30)]
+             + [chunk(None, "length", timings=timings), b"data: [DONE]\n\n"])
+    chat.chat(rig, 3, 5, REQUEST)
+    *_, (operation_id, status, message, result) = rig.reports
+    assert (operation_id, status) == (3, "succeeded")
+    assert result["text"] == "".join(f"w{i} " for i in range(30)) and result["timings"] == timings
+    assert message.startswith("30 tokens in ") and message.endswith("(80.0 tokens/s generated)")
+    # Running reports with the text so far, growing, never two within THROTTLE of each other.
+    running = [(at, r[3]["text"]) for at, r in zip(rig.sent_at, rig.reports) if r[1] == "running"]
+    assert len(running) >= 3
+    assert all(result["text"].startswith(text) for _, text in running)
+    assert [len(text) for _, text in running] == sorted({len(text) for _, text in running})
+    assert all(b - a >= chat.THROTTLE for (a, _), (b, _) in zip(running, running[1:]))
+
+
+def test_the_rig_sends_the_servers_error_and_what_came_before_it(rig, fake):
+    from nodes.agent.supervisor import HEALTHY
+    from nodes.agent.tasks import chat
+
+    rig.supervisor.servers[5].state = HEALTHY
+    fake.set("/v1/chat/completions", [chunk("Hi"), f'data: {{"error": {{"message": "bad {KEY}"}}}}\n\n'.encode()])
+    chat.chat(rig, 4, 5, REQUEST)
+    [(_, status, message, result)] = [r for r in rig.reports if r[1] != "running"]
+    assert (status, message, result["text"]) == ("failed", "the server stopped the answer: bad <api key>", "Hi")
