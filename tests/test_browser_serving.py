@@ -1,6 +1,8 @@
 """'Try it' in Chromium: a prompt typed on a deployment's page streams its answer into the page token by token
 (through the panel: the browser never talks to the rig), while the page's serving metrics show the slot busy."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -67,8 +69,10 @@ def test_the_answer_streams_into_the_page_token_by_token(page, live_server, slow
     form.get_by_label("Temperature").fill("0")
     form.get_by_role("button", name="Send").click()
 
-    # While it answers, the live metrics show the one slot busy.
+    # While it answers, the live metrics show the one slot busy and the tokens it generates each second.
     expect(page.locator("#serving-slots")).to_have_text("1 of 1 busy", timeout=WAIT_MS)
+    expect(page.locator("#serving-facts")).to_have_attribute("data-generated-tps", re.compile(r"^[1-9][0-9.]*$"),
+                                                              timeout=WAIT_MS)
     answer = page.locator("#try-it-text")
     expect(answer).to_have_attribute("data-status", "succeeded", timeout=WAIT_MS)
     chat = Operation.objects.get(kind=Operation.CHAT)

@@ -113,7 +113,8 @@ def test_it_keeps_the_first_value_of_a_metric_a_server_repeats():
 
 def test_it_counts_busy_slots_and_the_kv_cache_they_hold():
     # Slot 1 claims more cached tokens than its context: capped at its context.
-    assert serving.parse_slots(json.dumps(SLOTS)) == (1, 3, 40 + 128, 3 * 128)
+    # Slot 0 is generating its 21st token; slot 1 finished (its tokens are in the server's counter already).
+    assert serving.parse_slots(json.dumps(SLOTS)) == (1, 3, 40 + 128, 3 * 128, 20)
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"slots": []}', b"[" * 100_000, json.dumps([{}] * 5000).encode()])
@@ -124,20 +125,21 @@ def test_it_refuses_slots_that_are_not_a_list_of_slots(body):
 
 def test_it_ignores_slot_entries_of_the_wrong_shape():
     slots = [1, "x", None, {"is_processing": "yes", "n_ctx": "128", "n_prompt_tokens": -4},
-             {"is_processing": True, "n_ctx": float("inf")}]
-    assert serving.parse_slots(json.dumps(slots)) == (1, 2, 0, 0)
+             {"is_processing": True, "n_ctx": float("inf"), "next_token": [{"n_decoded": "9"}]},
+             {"is_processing": True, "next_token": {"n_decoded": 9}}, {"is_processing": True, "next_token": [1]}]
+    assert serving.parse_slots(json.dumps(slots)) == (3, 4, 0, 0, 0)
 
 
 # --- rates between readings -----------------------------------------------------------------------------------
 def test_it_turns_counter_deltas_into_tokens_per_second():
-    before = {"at": 10.0, "counters": {"tokens_predicted_total": 100, "prompt_tokens_total": 50}}
-    now = {"at": 12.0, "counters": {"tokens_predicted_total": 300, "prompt_tokens_total": 50}}
-    assert serving.rate(now, before, "tokens_predicted_total") == 100.0
-    assert serving.rate(now, before, "prompt_tokens_total") == 0.0
-    assert serving.rate(now, None, "tokens_predicted_total") is None  # a first reading has no rate
-    restarted = {"at": 13.0, "counters": {"tokens_predicted_total": 5}}
-    assert serving.rate(restarted, now, "tokens_predicted_total") is None  # counters started again
-    assert serving.rate({"at": 12.0, "counters": now["counters"]}, now, "tokens_predicted_total") is None
+    before = {"at": 10.0, "counters": {"generated": 100, "prompt": 50}}
+    now = {"at": 12.0, "counters": {"generated": 300, "prompt": 50}}
+    assert serving.rate(now, before, "generated") == 100.0
+    assert serving.rate(now, before, "prompt") == 0.0
+    assert serving.rate(now, None, "generated") is None  # a first reading has no rate
+    restarted = {"at": 13.0, "counters": {"generated": 5}}
+    assert serving.rate(restarted, now, "generated") is None  # counters started again
+    assert serving.rate({"at": 12.0, "counters": now["counters"]}, now, "generated") is None
 
 
 def test_it_reads_a_server_with_its_key_and_rates_a_second_reading(fake):
@@ -145,13 +147,16 @@ def test_it_reads_a_server_with_its_key_and_rates_a_second_reading(fake):
     fake.set("/slots", json.dumps(SLOTS))
     clock = iter([100.0, 102.0])
     first, state = serving.read_server("127.0.0.1", fake.port, KEY, monotonic=lambda: next(clock))
-    assert first["generated_tps"] is None and first["tokens_predicted_total"] == 300
+    assert first["generated_tps"] is None and first["tokens_generated"] == 300 + 20
     assert (first["slots_busy"], first["slots_total"], first["kv_used"], first["kv_total"]) == (1, 3, 168, 384)
     assert (first["requests_processing"], first["requests_deferred"], first["busy_per_decode"]) == (2, 1, 1.5)
-    fake.set("/metrics", METRICS.replace("tokens_predicted_total 300", "tokens_predicted_total 500")
+    # Two seconds later: slot 0 is 40 tokens further into its request, and other requests ended with 160 tokens.
+    fake.set("/metrics", METRICS.replace("tokens_predicted_total 300", "tokens_predicted_total 460")
              .replace("prompt_tokens_total 120", "prompt_tokens_total 130"))
+    fake.set("/slots", json.dumps(SLOTS).replace('"n_decoded": 20', '"n_decoded": 60'))
     second, _ = serving.read_server("127.0.0.1", fake.port, KEY, previous=state, monotonic=lambda: next(clock))
     assert (second["generated_tps"], second["prompt_tps"]) == (100.0, 5.0)
+    assert (second["tokens_generated"], second["prompt_tokens"]) == (520, 130)
     assert all(headers.get("Authorization") == f"Bearer {KEY}" for _, _, headers in fake.requests)
     assert set(first) == set(serving.FIELDS)
 
@@ -206,8 +211,8 @@ TELEMETRY = {"at": 1.0, "host": {"cpu_percent": 1.0, "ram_used": 1, "disk_free":
 
 
 def reading(**changes):
-    base = {"deployment": 3, "at": 1.0, "generated_tps": 12.5, "prompt_tps": None, "tokens_predicted_total": 300,
-            "prompt_tokens_total": 120, "requests_processing": 1, "requests_deferred": 0, "busy_per_decode": 1.0,
+    base = {"deployment": 3, "at": 1.0, "generated_tps": 12.5, "prompt_tps": None, "tokens_generated": 300,
+            "prompt_tokens": 120, "requests_processing": 1, "requests_deferred": 0, "busy_per_decode": 1.0,
             "slots_busy": 1, "slots_total": 4, "kv_used": 100, "kv_total": 512}
     return {**base, **changes}
 
@@ -229,7 +234,7 @@ def test_the_panel_takes_a_servers_reading_or_its_error():
     ([reading(generated_tps=-1)], "outside"),
     ([reading(slots_busy=5)], "more busy slots than slots"),
     ([reading(kv_used=1.5)], "whole number"),
-    ([reading(tokens_predicted_total="300")], "must be a number"),
+    ([reading(tokens_generated="300")], "must be a number"),
     ([reading(error=["x"])], "error must be text"),
 ])
 def test_the_panel_refuses_a_malformed_servers_list(servers, error):

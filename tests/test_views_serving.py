@@ -48,8 +48,8 @@ def telemetry(*servers, at=None):
 
 
 def metrics(deployment_id, **changes):
-    return {"deployment": deployment_id, "generated_tps": 31.24, "prompt_tps": 120.0, "tokens_predicted_total": 900,
-            "prompt_tokens_total": 400, "requests_processing": 2, "requests_deferred": 1, "busy_per_decode": 1.5,
+    return {"deployment": deployment_id, "generated_tps": 31.24, "prompt_tps": 120.0, "tokens_generated": 900,
+            "prompt_tokens": 400, "requests_processing": 2, "requests_deferred": 1, "busy_per_decode": 1.5,
             "slots_busy": 2, "slots_total": 4, "kv_used": 1024, "kv_total": 4096, **changes}
 
 

@@ -3,6 +3,8 @@
 Serving metrics: the server's `GET /metrics` (Prometheus text; servers are launched with --metrics) and
 `GET /slots`, both behind the deployment's API key when it has one (only /health is public). Counters become
 rates between two readings of the same server; a restarted server (counters lower) gives no rate that round.
+llama-server adds a request's generated tokens to its counter only when the request ends, so the tokens the busy
+slots have generated so far are added to it: a long answer shows its pace while it runs, not in one jump at its end.
 Everything a server sends is treated as hostile: reads are size- and time-bounded, unknown or absurd values are
 dropped, and what reaches a report holds only the numbers below, each within the bounds the panel checks
 (nodes/reports.py imports them from here).
@@ -39,8 +41,8 @@ GAUGES = ("requests_processing", "requests_deferred", "n_busy_slots_per_decode",
 FIELDS = {
     "generated_tps": (0, MAX_RATE, False),  # tokens generated per second since the previous reading
     "prompt_tps": (0, MAX_RATE, False),  # prompt tokens processed per second since the previous reading
-    "tokens_predicted_total": (0, MAX_COUNT, True),
-    "prompt_tokens_total": (0, MAX_COUNT, True),
+    "tokens_generated": (0, MAX_COUNT, True),  # since the server started, those of the requests running now included
+    "prompt_tokens": (0, MAX_COUNT, True),  # prompt tokens processed since the server started (cached ones not)
     "requests_processing": (0, MAX_COUNT, True),
     "requests_deferred": (0, MAX_COUNT, True),
     "busy_per_decode": (0, MAX_SLOTS, False),
@@ -114,26 +116,37 @@ def parse_metrics(text):
 
 
 def parse_slots(body):
-    """(busy, total, kv_used, kv_total) from /slots' JSON list; raises ServingError when it is not one."""
+    """(busy, total, kv_used, kv_total, generating) from /slots' JSON list — `generating`: the tokens the busy slots
+    have generated so far; raises ServingError when it is not a list of slots."""
     try:
         slots = json.loads(body)
     except (ValueError, RecursionError):
         raise ServingError("/slots did not send JSON") from None
     if not isinstance(slots, list) or len(slots) > MAX_SLOTS:
         raise ServingError("/slots did not send a list of slots")
-    busy = total = kv_used = kv_total = 0
+    busy = total = kv_used = kv_total = generating = 0
     for slot in slots:
         if not isinstance(slot, dict):
             continue
         total += 1
-        busy += slot.get("is_processing") is True
+        if slot.get("is_processing") is True:
+            busy += 1
+            generating += _decoded(slot)
         n_ctx = _bounded(slot.get("n_ctx"), 0, MAX_COUNT)
         held = _bounded(slot.get("n_prompt_tokens"), 0, MAX_COUNT)  # the slot's cached tokens, generated ones too
         if n_ctx is not None:
             kv_total += int(n_ctx)
             if held is not None:
                 kv_used += int(min(held, n_ctx))
-    return busy, total, min(kv_used, MAX_COUNT), min(kv_total, MAX_COUNT)
+    return busy, total, min(kv_used, MAX_COUNT), min(kv_total, MAX_COUNT), min(generating, MAX_COUNT)
+
+
+def _decoded(slot):
+    """Tokens a busy slot has generated for its request so far (`next_token[0].n_decoded`), 0 when not given."""
+    next_token = slot.get("next_token")
+    first = next_token[0] if isinstance(next_token, list) and next_token else None
+    value = _bounded(first.get("n_decoded"), 0, MAX_COUNT) if isinstance(first, dict) else None
+    return int(value or 0)
 
 
 def rate(now, before, name):
@@ -149,14 +162,22 @@ def rate(now, before, name):
 
 def read_server(host, port, api_key, previous=None, timeout=TIMEOUT, monotonic=time.monotonic):
     """One reading of one server: (the report's fields, what the next reading computes rates from)."""
+    # Counters first: a request ending between the two reads is left out once and counted by the next reading,
+    # never counted twice (which would make the total seem to go back afterwards).
     metrics = parse_metrics(_get(host, port, "/metrics", api_key, MAX_METRICS_BYTES, timeout))
-    busy, total, kv_used, kv_total = parse_slots(_get(host, port, "/slots", api_key, MAX_SLOTS_BYTES, timeout))
-    state = {"at": monotonic(), "counters": {name: metrics[name] for name in COUNTERS if name in metrics}}
+    busy, total, kv_used, kv_total, generating = parse_slots(
+        _get(host, port, "/slots", api_key, MAX_SLOTS_BYTES, timeout))
+    counters = {}
+    if "tokens_predicted_total" in metrics:
+        counters["generated"] = metrics["tokens_predicted_total"] + generating
+    if "prompt_tokens_total" in metrics:
+        counters["prompt"] = metrics["prompt_tokens_total"]
+    state = {"at": monotonic(), "counters": counters}
     reading = {
-        "generated_tps": rate(state, previous, "tokens_predicted_total"),
-        "prompt_tps": rate(state, previous, "prompt_tokens_total"),
-        "tokens_predicted_total": metrics.get("tokens_predicted_total"),
-        "prompt_tokens_total": metrics.get("prompt_tokens_total"),
+        "generated_tps": rate(state, previous, "generated"),
+        "prompt_tps": rate(state, previous, "prompt"),
+        "tokens_generated": counters.get("generated"),
+        "prompt_tokens": counters.get("prompt"),
         "requests_processing": metrics.get("requests_processing"),
         "requests_deferred": metrics.get("requests_deferred"),
         "busy_per_decode": metrics.get("n_busy_slots_per_decode"),
