@@ -163,7 +163,8 @@ def _clean_serving(item):
         return clean
     for name, (lo, hi, whole) in serving.FIELDS.items():
         clean[name] = _number(item, name, lo, hi, required=False, integer=whole)
-    if clean["slots_busy"] is not None and clean["slots_total"] is not None and clean["slots_busy"] > clean["slots_total"]:
+    busy, total = clean["slots_busy"], clean["slots_total"]
+    if busy is not None and total is not None and busy > total:
         raise ReportError("more busy slots than slots")
     return clean
 

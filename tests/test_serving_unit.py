@@ -97,7 +97,8 @@ def test_it_reads_the_known_llama_cpp_metrics_and_nothing_else():
 
 @pytest.mark.parametrize("text", [
     "", "garbage\n\x00\xff", "llamacpp:tokens_predicted_total", "llamacpp:tokens_predicted_total NaN",
-    "llamacpp:tokens_predicted_total +Inf", "llamacpp:tokens_predicted_total -5", "llamacpp:tokens_predicted_total 1e300",
+    "llamacpp:tokens_predicted_total +Inf", "llamacpp:tokens_predicted_total -5",
+    "llamacpp:tokens_predicted_total 1e300",
     "llamacpp:tokens_predicted_total abc", 'llamacpp:tokens_predicted_total{x="1"} 5', "other:tokens_predicted_total 5",
     b"\xff\xfe llamacpp:requests_deferred 5 \xff",
 ])

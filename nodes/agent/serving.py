@@ -209,7 +209,7 @@ class ServingWatch:
         # server's pid) means counters started again
         self.targets = targets
         self.interval, self.clock, self.timeout = interval, clock, timeout
-        self._previous = {}  # deployment id → (pid or generation marker, state for rates)
+        self._previous = {}  # deployment id → (its instance, what the next rates are computed from)
         self._readings, self._taken = [], 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()

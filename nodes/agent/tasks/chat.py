@@ -5,15 +5,12 @@ each with the text so far), then one durable outcome with the whole text, token 
 The server's address and API key come from the supervisor's spec: the key never leaves the rig.
 """
 
-import logging
 import time
 
 from .. import protocol, serving
 from ..supervisor import HEALTHY
 
-log = logging.getLogger("morpheus.agent")
-
-THROTTLE = 0.12  # seconds between two running reports: smooth in the browser, a few reports a second at most
+THROTTLE = 0.12  # seconds between two running reports: smooth in the browser, eight reports a second at most
 DEADLINE = 540  # seconds for one answer; the panel gives an operation 600 (MORPHEUS_RUN_TIMEOUT) before failing it
 
 
