@@ -30,6 +30,10 @@ def start_chat(deployment, user, prompt, max_tokens, temperature):
         raise Refused(f"rig {deployment.node.name} is {node_status}: it cannot pass the prompt on now")
     if not deployment.is_healthy:
         raise Refused(f"{deployment.name} is {deployment.actual_state}, not serving yet: try again once it is healthy")
+    # One answer at a time per deployment: each holds one of the agent's few command threads while it streams.
+    if Operation.objects.filter(node=deployment.node_id, kind=Operation.CHAT, target=deployment.name,
+                                status__in=[Operation.QUEUED, Operation.RUNNING]).exists():
+        raise Refused(f"{deployment.name} is still answering the previous prompt: wait for that answer")
     request = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                "temperature": temperature}
     try:

@@ -278,3 +278,16 @@ def test_it_refuses_an_empty_or_overlong_prompt_with_the_limit(operator_client, 
                                                                error):
     assert f"Not sent: {error}" in page(send(operator_client, deployment, prompt, **changes))
     assert not Operation.objects.exists() and queued_messages(alpha[0].queue) == []
+
+
+def test_it_refuses_a_second_prompt_while_the_first_answer_is_coming(operator_client, alpha, deployment,
+                                                                     django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        send(operator_client, deployment)
+    assert "Not sent: tiny is still answering the previous prompt" in page(send(operator_client, deployment))
+    first = Operation.objects.get()
+    first.apply_report(Operation.SUCCEEDED, "done", {"text": "Hi"})
+    with django_capture_on_commit_callbacks(execute=True):
+        send(operator_client, deployment)
+    assert Operation.objects.count() == 2
+    assert [m.task for m in queued_messages(alpha[0].queue)] == [protocol.AGENT_CHAT_DEPLOYMENT] * 2
