@@ -1,5 +1,6 @@
 """'Try it' in Chromium: a prompt typed on a deployment's page streams its answer into the page token by token
-(through the panel: the browser never talks to the rig), while the page's serving metrics show the slot busy."""
+(through the panel: the browser never talks to the rig), while the page's serving metrics show the slot busy; a
+second answer is stopped half-way."""
 
 import re
 
@@ -87,6 +88,20 @@ def test_the_answer_streams_into_the_page_token_by_token(page, live_server, slow
     growth = [length for length, _ in lengths]
     assert growth == sorted(growth), "the answer shrank while streaming"
     assert chat.result["timings"]["predicted_n"] > 100
+
+    # A second answer, stopped half-way: what came is kept, the button goes, the server's slot is free again.
+    form.get_by_label("Max tokens").fill("1000")
+    form.get_by_role("button", name="Send").click()
+    expect(answer).to_have_attribute("data-status", "running", timeout=WAIT_MS)  # the new answer, not the last one
+    expect(answer).to_have_text(re.compile(r".{20}"), timeout=WAIT_MS)
+    page.locator("#try-it-stop").get_by_role("button", name="Stop").click()
+    expect(answer).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
+    expect(page.locator("#try-it-message")).to_have_text("stopped by the provider")
+    expect(page.locator("#try-it-stop")).to_be_empty()
+    stopped = Operation.objects.filter(kind=Operation.CHAT).order_by("-pk").first()
+    assert 20 <= len(stopped.result["text"]) and stopped.result["pieces"] < 1000
+    expect(page.locator("#serving-slots")).to_have_text("0 of 1 busy", timeout=WAIT_MS)
+
     # The browser talked only to the panel; the key is nowhere in the page.
     assert rig_requests == []
     assert KEY not in page.content()

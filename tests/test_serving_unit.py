@@ -393,3 +393,27 @@ def test_the_rig_sends_the_servers_error_and_what_came_before_it(rig, fake):
     chat.chat(rig, 4, 5, REQUEST)
     [(_, status, message, result)] = [r for r in rig.reports if r[1] != "running"]
     assert (status, message, result["text"]) == ("failed", "the server stopped the answer: bad <api key>", "Hi")
+
+
+def test_the_rig_stops_an_answer_the_provider_cancels_and_keeps_what_came(rig, fake):
+    from nodes.agent.supervisor import HEALTHY
+    from nodes.agent.tasks import chat
+
+    rig.supervisor.servers[5].state = HEALTHY
+    rig.stopping_chats = set()
+    fake.pace = 0.02
+    fake.set("/v1/chat/completions", [chunk(f"w{i} ") for i in range(200)] + [b"data: [DONE]\n\n"])
+    real_operation = rig.operation
+
+    def cancel_after_three_pieces(operation_id, status, message="", result=None, **extra):
+        real_operation(operation_id, status, message, result, **extra)
+        if status == "running" and result["pieces"] >= 3:
+            rig.stopping_chats.add(operation_id)  # what the agent's cancel command does
+
+    rig.operation = cancel_after_three_pieces
+    started = time.monotonic()
+    chat.chat(rig, 7, 5, REQUEST)
+    *_, (operation_id, status, message, result) = rig.reports
+    assert (operation_id, status, message) == (7, "cancelled", "stopped by the provider")
+    assert result["text"].startswith("w0 w1 w2 ") and result["pieces"] < 200
+    assert time.monotonic() - started < 2  # it did not read the other pieces first

@@ -6,6 +6,7 @@ Messages to rigs go to this process's memory:// broker; each test reads what its
 import time
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from hosting.models import Build, Deployment
@@ -291,3 +292,29 @@ def test_it_refuses_a_second_prompt_while_the_first_answer_is_coming(operator_cl
         send(operator_client, deployment)
     assert Operation.objects.count() == 2
     assert [m.task for m in queued_messages(alpha[0].queue)] == [protocol.AGENT_CHAT_DEPLOYMENT] * 2
+
+
+def test_an_operator_can_stop_an_answer_while_it_comes(operator_client, viewer, alpha, deployment,
+                                                       django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = send(operator_client, deployment)
+    op = Operation.objects.get()
+    assert f'action="/operations/{op.pk}/cancel/"' in response.content.decode()  # beside the answer, not in it
+    queued_messages(alpha[0].queue)
+    op.apply_report(Operation.RUNNING, "answering…", {"text": "Once"})
+    with django_capture_on_commit_callbacks(execute=True):
+        operator_client.post(f"/operations/{op.pk}/cancel/", **HTMX)
+    [message] = queued_messages(alpha[0].queue)
+    assert (message.task, message.args) == (protocol.AGENT_CANCEL, [op.pk])
+    op.apply_report(Operation.CANCELLED, "stopped by the provider", {"text": "Once upon"})
+    response = operator_client.get(f"/deployments/{deployment.pk}/chat/{op.pk}/", **HTMX)
+    body = response.content.decode()
+    assert response.status_code == 286 and "Once upon" in body and "stopped by the provider" in body
+    assert '<span id="try-it-stop" hx-swap-oob="true"></span>' in body  # the last poll takes the button away
+    # A viewer following the same answer gets no button.
+    running = Operation.objects.create(node=deployment.node, kind=Operation.CHAT, target="tiny",
+                                       status=Operation.RUNNING)
+    viewer_client = Client()  # not the `client` fixture: that one is the operator's here
+    viewer_client.force_login(viewer)
+    assert 'id="try-it-stop"' not in viewer_client.get(f"/deployments/{deployment.pk}/?chat={running.pk}").content.decode()
+    assert 'id="try-it-stop"' in operator_client.get(f"/deployments/{deployment.pk}/?chat={running.pk}").content.decode()

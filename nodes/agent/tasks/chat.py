@@ -15,11 +15,17 @@ DEADLINE = 540  # seconds for one answer; the panel gives an operation 600 (MORP
 
 
 def register(agent):
+    agent.stopping_chats = set()  # chats the provider stopped: their stream ends at its next piece
+    agent.cancellers.append(lambda operation_id: agent.stopping_chats.add(operation_id))
+
     @agent.command(protocol.AGENT_CHAT_DEPLOYMENT, soft_time_limit=None, time_limit=None)
     def chat_deployment(operation_id, deployment_id, request):
         with agent.claimed(operation_id) as mine:
             if mine:
-                chat(agent, operation_id, deployment_id, request)
+                try:
+                    chat(agent, operation_id, deployment_id, request)
+                finally:
+                    agent.stopping_chats.discard(operation_id)
 
 
 def find_server(agent, deployment_id):
@@ -50,12 +56,16 @@ def chat(agent, operation_id, deployment_id, request):
             agent.operation(operation_id, protocol.RUNNING, "answering…", result=answer.result())
 
     started = time.monotonic()
+    stopping = getattr(agent, "stopping_chats", set())
     try:
         answer = serving.stream_chat(spec.host, spec.port, spec.api_key, request, on_text=progress,
-                                     deadline=started + DEADLINE)
+                                     deadline=started + DEADLINE, should_stop=lambda: operation_id in stopping)
     except serving.ChatError as exc:
         result = exc.answer.result() if exc.answer is not None and exc.answer.pieces else None
-        agent.operation(operation_id, protocol.FAILED, serving.scrub(str(exc), spec.api_key), result=result)
+        if operation_id in stopping:  # closing the connection also stops the server generating
+            agent.operation(operation_id, protocol.CANCELLED, "stopped by the provider", result=result)
+        else:
+            agent.operation(operation_id, protocol.FAILED, serving.scrub(str(exc), spec.api_key), result=result)
         return
     result = answer.result()
     result["seconds"] = round(time.monotonic() - started, 3)
