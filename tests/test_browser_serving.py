@@ -101,6 +101,9 @@ def test_the_answer_streams_into_the_page_token_by_token(page, live_server, slow
     stopped = Operation.objects.filter(kind=Operation.CHAT).order_by("-pk").first()
     assert 20 <= len(stopped.result["text"]) and stopped.result["pieces"] < 1000
     expect(page.locator("#serving-slots")).to_have_text("0 of 1 busy", timeout=WAIT_MS)
+    # The server stopped generating too: it has not gone on towards the 1,000 tokens asked for.
+    generated = Deployment.objects.get(pk=deployment.pk).serving["tokens_generated"]
+    assert generated < chat.result["timings"]["predicted_n"] + 500, generated
 
     # The browser talked only to the panel; the key is nowhere in the page.
     assert rig_requests == []
