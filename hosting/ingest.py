@@ -4,8 +4,10 @@ import logging
 from datetime import datetime, timezone as dt_timezone
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 from hosting.models import Build, Deployment, ServerExit
+from nodes.ingest import reading_time
 from nodes.models import Operation
 
 log = logging.getLogger("morpheus.ingest")
@@ -85,3 +87,13 @@ def apply_server_exit(rig, report, now, seq):
     except IntegrityError:  # another panel worker stored this same report a moment ago
         return
     log.info("deployment %s on %s: server exited (%s)", deployment.pk, rig.name, exit_event.summary)
+
+
+def apply_serving(rig, reading, now, seq):
+    """The live metrics of a rig's own servers (a telemetry report's `servers`), unless a newer reading is stored."""
+    for item in reading.get("servers", ()):
+        at = reading_time(item["at"], now)
+        metrics = {key: value for key, value in item.items() if key not in ("deployment", "at")}
+        (Deployment.objects.filter(pk=item["deployment"], node=rig)
+         .filter(Q(serving_at__isnull=True) | Q(serving_at__lte=at))
+         .update(serving=metrics, serving_at=at))

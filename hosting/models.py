@@ -55,6 +55,7 @@ class Build(models.Model):
         return self.status == self.READY
 
 
+SERVING_FRESH_INTERVALS = 3  # serving metrics older than this many telemetry intervals are not shown as live
 _slug = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$", "Lowercase letters, digits and '-'.")
 
 
@@ -116,6 +117,16 @@ class Deployment(models.Model):
     @property
     def is_healthy(self):
         return self.desired_state == self.RUNNING and self.actual_state == "healthy" and self.node.status == "online"
+
+    @property
+    def live_serving(self):
+        """What the server is doing now (tokens/s, slots, requests, KV cache): its last serving metrics while it is
+        healthy and they are recent (three telemetry intervals), else None."""
+        if not self.serving or self.serving_at is None or not self.is_healthy:
+            return None
+        if (timezone.now() - self.serving_at).total_seconds() > SERVING_FRESH_INTERVALS * self.node.telemetry_interval:
+            return None
+        return self.serving
 
     @property
     def uptime(self):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from hosting import bench_views, views
+from hosting import bench_views, chat_views, views
 
 urlpatterns = [
     path("rigs/<slug:name>/builds/", views.rig_builds, name="rig_builds"),
@@ -15,5 +15,8 @@ urlpatterns = [
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="deployment_delete"),
     path("deployments/<int:pk>/benchmarks/run/", bench_views.deployment_benchmark, name="deployment_benchmark"),
     path("economics/", bench_views.economics_settings, name="economics_settings"),
+    path("deployments/<int:pk>/chat/", chat_views.deployment_chat, name="deployment_chat"),
+    path("deployments/<int:pk>/chat/<int:operation_pk>/", chat_views.deployment_chat_answer,
+         name="deployment_chat_answer"),
     path("deployments/<int:pk>/<str:action>/", views.deployment_action, name="deployment_action"),
 ]

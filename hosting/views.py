@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
-from hosting import bench_views, services
+from hosting import bench_views, chat, services
 from hosting.forms import (AdoptForm, BuildForm, DeploymentForm, planned_plan, planned_settings, suggest_port,
                            suggested_settings)
 from hosting.models import Build, Deployment
@@ -183,6 +183,7 @@ def deployment_detail(request, pk):
                **bench_views.benchmark_context(deployment)}
     if request.htmx:
         return render(request, "hosting/deployment_detail.html#live", context)
+    context.update(chat.page_context(deployment, request.GET.get("chat")))
     return render(request, "hosting/deployment_detail.html", context)
 
 

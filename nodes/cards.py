@@ -37,13 +37,14 @@ def cards(now):
     """Every rig ready to render: its GPUs as a plain list (`gpu_list`), its card fingerprinted."""
     nodes = list(_rigs().prefetch_related(
         Prefetch("gpus", queryset=GPU.objects.order_by("index"), to_attr="gpu_list")))
+    serving = _serving()
     for node in nodes:
         shown = []
         for gpu in node.gpu_list:
             bars = gpu.bars
             gpu.bars_html = bars_html(bars)
             shown.append((gpu.index, gpu.name, bars))
-        _fingerprint(node, shown, now)
+        _fingerprint(node, shown, now, serving[node.pk])
     return nodes
 
 
@@ -53,10 +54,32 @@ def fingerprints(now):
     for node_id, index, name, *readings in (GPU.objects.order_by("node_id", "index")
                                             .values_list("node_id", "index", "name", *GPU.BAR_FIELDS)):
         gpus[node_id].append((index, name, GPU.bars_for(*readings)))
+    serving = _serving()
     nodes = list(_rigs())
     for node in nodes:
-        _fingerprint(node, gpus[node.pk], now)
+        _fingerprint(node, gpus[node.pk], now, serving[node.pk])
     return nodes
+
+
+def _serving():
+    """rig id → [(deployment name, tokens/s text, slots text)] of its healthy servers with serving metrics: one query.
+    The deployments app's model is reached through the relation, so the rigs app does not import it."""
+    deployment = Node._meta.get_field("deployments").related_model
+    rows = (deployment.objects.filter(desired_state="running", actual_state="healthy", serving_at__isnull=False)
+            .order_by("node_id", "name").values_list("node_id", "name", "serving"))
+    found = defaultdict(list)
+    for node_id, name, serving in rows:
+        if isinstance(serving, dict) and "error" not in serving:
+            found[node_id].append((name, *serving_texts(serving)))
+    return found
+
+
+def serving_texts(serving):
+    """("12.3 tok/s", "1/4 slots") from a deployment's serving metrics: numbers the panel checked and formats."""
+    tps = serving.get("generated_tps")
+    busy, total = serving.get("slots_busy"), serving.get("slots_total")
+    return ("— tok/s" if tps is None else f"{tps:.1f} tok/s",
+            "" if busy is None or total is None else f"{busy}/{total} slots busy")
 
 
 def render_ready(nodes):
@@ -74,7 +97,7 @@ def render_ready(nodes):
 # were most of each render (what a rig sent is escaped; labels and classes are constants).
 _CARD = ('<article class="card status-{status}" id="rig-{name}" data-status="{status}" data-fp="{fp}"{oob}>'
          '<header><a href="{url}" class="rig-name">{name}</a><span class="badge {badge_class}">{badge}</span>'
-         '</header><p class="muted">{seen}{cpu}</p>{gpus}</article>\n')
+         '</header><p class="muted">{seen}{cpu}</p>{gpus}{serving}</article>\n')
 _GPU = '<div class="gpu" data-gpu="{index}"><div class="gpu-name">GPU {index} · {name}</div>{bars}</div>'
 
 
@@ -96,11 +119,16 @@ def card_html(node, oob=False):
     else:
         gpus = '<p class="muted no-gpu">hardware not reported yet</p>'
     rejected = node.token_rejected
+    serving = ""
+    if node.card_serving:
+        serving = '<ul class="serving">' + "".join(
+            f'<li data-deployment="{escape(name)}"><b>{escape(name)}</b><span>{tps} · {slots}</span></li>'
+            for name, tps, slots in node.card_serving) + "</ul>"
     return _CARD.format(
         status=node.card_status, name=node.name, fp=node.card_fp, oob=' hx-swap-oob="true"' if oob else "",
         url=reverse("node_detail", args=[node.name]), badge_class="rejected" if rejected else node.card_status,
         badge="agent token rejected" if rejected else node.card_status, seen=seen,
-        cpu="" if node.card_cpu is None else f" · CPU {node.card_cpu}%", gpus=gpus)
+        cpu="" if node.card_cpu is None else f" · CPU {node.card_cpu}%", gpus=gpus, serving=serving)
 
 
 def cards_html(nodes, oob=False):
@@ -121,12 +149,14 @@ def bars_html(bars):
     )
 
 
-def _fingerprint(node, gpus, now):
-    """Everything the card shows, hashed; the status and CPU text are kept on the node for the template."""
+def _fingerprint(node, gpus, now, serving=()):
+    """Everything the card shows, hashed; the status, CPU and serving texts are kept on the node for the card."""
     node.card_status = node.status_at(now)
     node.card_cpu = None if not node.host_reading else f"{node.host_reading.get('cpu_percent', 0):.0f}"
+    # A rig that stopped reporting shows no live serving figures: they would be its last ones, not live.
+    node.card_serving = list(serving) if node.card_status == Node.ONLINE else []
     shown = [node.name, node.card_status, node.token_rejected, node.card_cpu, node.gpu_note_text or "",
-             node.hardware_at is not None, gpus]
+             node.hardware_at is not None, gpus, node.card_serving]
     # The last-seen time shows only when the rig is not online: an online rig's card does not change with it.
     if node.card_status != Node.ONLINE and node.last_seen:
         shown.append(node.last_seen.isoformat())

@@ -44,7 +44,8 @@ def handle_report(rig=None, body=None, mac=None, now=None):
             raise Rejected(f"malformed {kind} report: {exc}") from None
         # Times the rig stamped, moved onto the panel's clock by their age on the rig's own clock.
         if kind == "telemetry":
-            clean["at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["at"])
+            for reading in (clean, *clean.get("servers", ())):
+                reading["at"] = now.timestamp() - max(0.0, report["sent_at"] - reading["at"])
         elif kind == "hardware" and clean["agent_started_at"] is not None:
             clean["agent_started_at"] = now.timestamp() - max(0.0, report["sent_at"] - clean["agent_started_at"])
     except Rejected as exc:
@@ -136,7 +137,7 @@ def apply_hardware(rig, hw, now, seq):
     rig.gpus.exclude(index__in=seen).delete()
 
 
-def _reading_time(at, now):
+def reading_time(at, now):
     moment = datetime.fromtimestamp(at, tz=dt_timezone.utc)
     if abs(moment - now) > MAX_CLOCK_SKEW:
         return now
@@ -144,7 +145,7 @@ def _reading_time(at, now):
 
 
 def apply_telemetry(rig, reading, now, seq):
-    at = _reading_time(reading["at"], now)
+    at = reading_time(reading["at"], now)
     minute = minute_floor(at)
     host = reading["host"]
     rig.host_reading = {**host, "at": at.isoformat()}
@@ -173,6 +174,8 @@ def apply_telemetry(rig, reading, now, seq):
             unique_fields=["gpu", "minute"],
             update_fields=["util", "vram_used", "temp_c", "power_w"],
         )
+    for apply in TELEMETRY_PARTS:
+        apply(rig, reading, now, seq)
 
 
 LATEST_READING_FIELDS = ("util", "vram_used", "temp_c", "power_w", "fan", "sm_clock")
@@ -248,6 +251,8 @@ APPLY = {
 }
 # Writers of one server's state (apps add theirs): an inventory's deployments go through them.
 INVENTORY_PARTS = []
+# Writers of the rest of a telemetry report (apps add theirs): its servers' live metrics, for one.
+TELEMETRY_PARTS = []
 
 
 def register(kind, apply):

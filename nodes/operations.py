@@ -22,6 +22,7 @@ AGENT_TASKS = {
     Operation.STOP: protocol.AGENT_APPLY_DEPLOYMENT,
     Operation.RESTART: protocol.AGENT_APPLY_DEPLOYMENT,
     Operation.BENCHMARK: protocol.AGENT_BENCHMARK_DEPLOYMENT,
+    Operation.CHAT: protocol.AGENT_CHAT_DEPLOYMENT,
 }
 
 

@@ -6,6 +6,7 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 import json
 import math
 
+from nodes.agent import serving
 from nodes.agent.probe import MAX_LISTENING_PORTS
 from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
 
@@ -146,6 +147,28 @@ def clean_telemetry(payload):
             }
         )
     _indexes_unique(clean["gpus"])
+    if payload.get("servers") is not None:  # absent: an agent from before serving metrics
+        clean["servers"] = [_clean_serving(item) for item in _list(payload, "servers", max_len=serving.MAX_SERVERS)]
+        ids = [item["deployment"] for item in clean["servers"]]
+        if len(ids) != len(set(ids)):
+            raise ReportError("a deployment is listed twice in servers")
+    return clean
+
+
+def _clean_serving(item):
+    """One server's live metrics (nodes/agent/serving.py): the known numbers within their bounds, or an error."""
+    if not isinstance(item, dict):
+        raise ReportError("each server reading must be an object")
+    clean = {"deployment": _number(item, "deployment", 1, 2**63 - 1, integer=True),
+             "at": _number(item, "at", 0, 10**11)}
+    if item.get("error") is not None:
+        clean["error"] = _text(item, "error", serving.MAX_ERROR)
+        return clean
+    for name, (lo, hi, whole) in serving.FIELDS.items():
+        clean[name] = _number(item, name, lo, hi, required=False, integer=whole)
+    busy, total = clean["slots_busy"], clean["slots_total"]
+    if busy is not None and total is not None and busy > total:
+        raise ReportError("more busy slots than slots")
     return clean
 
 

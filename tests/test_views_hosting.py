@@ -562,12 +562,12 @@ def test_it_says_a_healthy_server_is_serving_only_while_its_rig_is_online(viewer
     alpha.last_seen = timezone.now()
     alpha.save(update_fields=["last_seen"])
     content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
-    assert "serving" in content and 'id="rig-not-online"' not in content
+    assert '<span class="ok">serving</span>' in content and 'id="rig-not-online"' not in content
 
     alpha.last_seen = timezone.now() - timedelta(minutes=10)
     alpha.save(update_fields=["last_seen"])
     content = page(viewer_client.get(f"/deployments/{deployment.pk}/"))
-    assert "rig offline: last reported state" in content and "serving" not in content
+    assert "rig offline: last reported state" in content and '<span class="ok">serving</span>' not in content
 
 
 def test_it_shows_the_crash_history_and_crashes_in_the_last_hour(viewer_client, deployment):

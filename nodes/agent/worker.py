@@ -222,6 +222,9 @@ class Agent:
             snapshot = self._snapshot
         if snapshot is None:
             return
+        serving = getattr(self, "serving", None)  # its servers' live metrics (nodes/agent/serving.py)
+        if serving is not None:
+            snapshot = {**snapshot, "servers": serving.readings()}
         # A reading older than a few intervals is worthless to the panel: let the broker drop it.
         self.send(protocol.TELEMETRY, snapshot, expires=max(10.0, 3 * self.cfg.telemetry_interval))
 
@@ -287,6 +290,8 @@ def telemetry_step(agent):
         def shutdown(self, c):
             self.stop(c)
             agent.stop_sampler()
+            if getattr(agent, "serving", None) is not None:
+                agent.serving.stop()
 
     return TelemetryStep
 
@@ -296,9 +301,9 @@ def create_app(config):
     app = Celery("morpheus_agent", fixups=[])
     app.conf.update(BASE_SETTINGS, **transport.agent_celery_config(config.broker_url, config.node, config.token))
     agent = app.agent = Agent(app, config)
-    from .tasks import benchmarks, builds, deployments, models, rig
+    from .tasks import benchmarks, builds, chat, deployments, models, rig
 
-    for module in (rig, models, builds, deployments, benchmarks):
+    for module in (rig, models, builds, deployments, benchmarks, chat):
         module.register(agent)
     app.steps["consumer"].add(telemetry_step(agent))
     return app

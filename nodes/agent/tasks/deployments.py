@@ -5,7 +5,8 @@ import threading
 
 from .. import protocol
 from ..serverspec import SpecError
-from ..supervisor import FAILED as SERVER_FAILED, Supervisor
+from ..serving import ServingWatch, supervised_targets
+from ..supervisor import FAILED as SERVER_FAILED, HEALTHY as SERVER_HEALTHY, Supervisor
 
 log = logging.getLogger("morpheus.agent")
 
@@ -38,6 +39,10 @@ def register(agent):
         agent.cfg.state_dir, on_report=deployment_report,
         on_exit=lambda event: agent.send(protocol.SERVER_EXIT, event, durable=True))
     agent.on_first_connect.append(supervisor.start)  # re-adopts servers that kept running while the agent was down
+    # Each healthy server's /metrics and /slots, read on a thread of their own for the telemetry report.
+    agent.serving = ServingWatch(lambda: supervised_targets(supervisor, SERVER_HEALTHY),
+                                 interval=agent.cfg.telemetry_interval, clock=agent.clock)
+    agent.on_first_connect.append(agent.serving.start)
 
     def launches_in_flight():
         with goal_lock:
