@@ -86,10 +86,12 @@ class DeploymentForm(forms.ModelForm):
         self.fields["build"].queryset = Build.objects.filter(node=node, status=Build.READY)
         self.fields["model_file"].label = "Model file on this rig"
         self.fields["model_file"].label_from_instance = lambda rig_file: rig_file.path  # not "<node id>:<path>"
-        if not self.instance.pk:  # a new deployment: choosing a file reloads the form at the planner's flags for it
+        if not self.instance.pk:
+            # A new deployment: choosing a file shows the planner's verdict and flags for it, with a link that fills
+            # the form with them; nothing the provider typed is overwritten by the choice itself.
             self.fields["model_file"].widget.attrs.update({
-                "hx-get": reverse("deployment_new", args=[node.name]), "hx-trigger": "change", "hx-target": "main",
-                "hx-select": "main", "hx-swap": "outerHTML", "hx-push-url": "true"})
+                "hx-get": reverse("deployment_new", args=[node.name]), "hx-trigger": "change",
+                "hx-target": "#plan-summary", "hx-select": "#plan-summary", "hx-swap": "outerHTML"})
         self.fields["ctx_size"].help_text = CTX_HELP
         chosen = self.instance.model_file if self.instance.pk else self.initial.get("model_file")
         trained = trained_context(chosen) if isinstance(chosen, RigFile) else None

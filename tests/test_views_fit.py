@@ -140,7 +140,9 @@ def test_the_host_form_starts_at_the_planners_flags_for_the_file_it_came_from(op
     assert (form["n_gpu_layers"].value(), form["parallel"].value(), form["threads"].value()) == (33, 8, 8)
     assert form["ctx_size"].value() == plan.flags["ctx_size"] == plan.max_ctx_size
     assert form["ctx_size"].value() <= 131072 * 8 and form["ctx_size"].value() > 8192
-    assert f"Fit planner for llama-Q4_K_M.gguf: {plan.summary}" in page(response)
+    content = page(response)
+    assert f"Fit planner for llama-Q4_K_M.gguf: {plan.summary}" in content
+    assert f'href="/rigs/alpha/deployments/new/?file={alpha_file.pk}" id="use-plan">fill the form with them' in content
 
 
 def form_data(rig_file, **changes):
@@ -197,7 +199,8 @@ def test_choosing_another_file_in_the_form_reloads_it_at_that_files_plan(operato
     other = RigFile.objects.create(node=alpha_file.node, path="/models/other.gguf", size=1 << 20)
     response = operator_client.get(f"/rigs/alpha/deployments/new/?file={other.pk}")
     content = page(response)
-    assert 'hx-get="/rigs/alpha/deployments/new/" hx-trigger="change"' in content  # the select asks again on change
+    # On change the select asks for the plan of the file chosen, shown above the form; it overwrites no field.
+    assert 'hx-get="/rigs/alpha/deployments/new/" hx-trigger="change" hx-target="#plan-summary"' in content
     assert "Fit planner: the model's header has not been read yet" in content  # a scanned file with no facts
     # What the select sends on change wins over the file the page came from.
     response = operator_client.get(f"/rigs/alpha/deployments/new/?file={other.pk}&model_file={alpha_file.pk}")
