@@ -76,6 +76,8 @@ def acknowledge(node, seq):
     it is acknowledged again: nothing is applied twice (each object takes only newer reports)."""
     from nodes.channel import send_command  # the channel imports the Celery app; ingest stays importable without
 
+    if not Node.objects.filter(pk=node.pk).exists():
+        return  # removed meanwhile: its queue was purged with its account, and must not be made again
     try:
         send_command(node, protocol.AGENT_ACK, {"seqs": [seq]}, ttl=ACK_TTL)
     except Exception as exc:  # the broker is away: the rig will send it again

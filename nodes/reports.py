@@ -48,6 +48,20 @@ def _text(data, key, max_len=200, required=True):
     return value[:max_len]
 
 
+def _has_nul(value, depth=0):
+    """A NUL character anywhere in a JSON value, keys included (PostgreSQL's JSON types refuse it); a value nested
+    deeper than any report needs counts too (walking it could exhaust the stack)."""
+    if depth > 32:
+        return True  # deeper than any report needs: treat as unusable
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
 def _dict(data, key):
     value = data.get(key)
     if not isinstance(value, dict):
@@ -181,9 +195,11 @@ def clean_operation(payload):
     result = payload.get("result") or {}
     if not isinstance(result, dict):
         raise ReportError("result must be an object")
-    size = len(json.dumps(result))
-    if size > MAX_RESULT_BYTES:  # a result is a few facts (version, seconds, counts), stored on every row
-        raise ReportError(f"result is {size} bytes, more than {MAX_RESULT_BYTES}")
+    encoded = json.dumps(result)
+    if len(encoded) > MAX_RESULT_BYTES:  # a result is a few facts (version, seconds, counts), stored on every row
+        raise ReportError(f"result is {len(encoded)} bytes, more than {MAX_RESULT_BYTES}")
+    if _has_nul(result):  # PostgreSQL's JSON refuses NUL; reject it here with a reason instead
+        raise ReportError("result contains a NUL character (or is nested too deep)")
     progress = payload.get("progress")
     if progress is not None:
         if not isinstance(progress, dict):
@@ -230,8 +246,12 @@ def clean_model_files(payload):
         facts = item.get("facts") or {}
         if not isinstance(facts, dict):
             raise ReportError("facts must be an object")
-        if len(json.dumps(facts)) > MAX_FACTS_BYTES:  # a header's facts are ~4 KB even at 128 layers
+        encoded = json.dumps(facts)
+        if len(encoded) > MAX_FACTS_BYTES:  # a header's facts are ~4 KB even at 128 layers
             raise ReportError(f"facts of {item.get('path')!r} are more than {MAX_FACTS_BYTES} bytes")
+        facts_error = _text(item, "facts_error", 500, required=False)
+        if _has_nul(facts):  # a third-party file's odd header: PostgreSQL's JSON refuses NUL; the file still counts
+            facts, facts_error = {}, "its header holds a NUL character; facts not kept"
         sha = _text(item, "sha256", 64, required=False)
         if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ReportError("sha256 must be 64 hex characters")
@@ -246,7 +266,7 @@ def clean_model_files(payload):
             "repo_id": _text(item, "repo_id", 200, required=False),
             "filename": _text(item, "filename", 300, required=False),
             "facts": facts,
-            "facts_error": _text(item, "facts_error", 500, required=False),
+            "facts_error": facts_error,
             "shard_paths": shards[:64],
         })
     model_file = payload.get("model_file")

@@ -8,6 +8,8 @@ import sys
 from decimal import Decimal
 from fractions import Fraction
 
+import time
+
 import pytest
 
 from hosting import economics
@@ -281,6 +283,25 @@ def test_the_sweep_measures_each_step_against_a_real_server(tiny_server):
         assert step["power"] is None and step["power_w"] is None  # no power meter: a CPU-only rig
     assert result["recommended_sessions"] in (1, 2) and result["parameters"]["levels"] == [1, 2]
     assert clean_result(result, parallel=2)["recommended"] == result["recommended_sessions"]
+
+
+def test_the_sweep_stops_between_steps_past_its_deadline_and_says_how_far_it_got(tiny_server, monkeypatch):
+    url, key = tiny_server
+    request = benchmark.check_request({"prompt_tokens": 8, "gen_tokens": 4}, 2, 512)
+    steps_run = []
+    real_step = benchmark.run_step
+
+    def slow_step(*args, **kwargs):  # each step "takes" an hour on the sweep's clock
+        steps_run.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "run_step", slow_step)
+    deadline = time.monotonic() + 30  # the first step starts well inside it
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(benchmark.time, "monotonic", lambda: real_monotonic() + 3600 * len(steps_run))
+    with pytest.raises(benchmark.BenchmarkError, match="stopped after 1 of 2 steps: the sweep ran out of time"):
+        benchmark.run_sweep(url, key, request, parallel=2, deadline=deadline)
+    assert len(steps_run) == 1
 
 
 def test_the_sweep_fails_with_the_reason_without_the_key_or_without_a_server(tiny_server):

@@ -138,6 +138,12 @@ def test_it_rejects_a_malformed_report_and_writes_nothing(alpha, files, reason):
     assert sorted(rows(alpha[0])) == [SEED]
 
 
+def test_a_file_whose_header_facts_hold_a_nul_is_kept_without_them(alpha):
+    report(alpha, "replace", entry(TINY, facts={"name": "odd\x00name", "layers": 2}))
+    row = RigFile.objects.get(node=alpha[0], path=TINY)
+    assert row.facts == {} and row.facts_error == "its header holds a NUL character; facts not kept"
+
+
 def test_it_rejects_an_unknown_mode(alpha):
     assert "mode 'wipe' is not replace, upsert or remove" in report(alpha, "wipe", entry(TINY))
     assert rows(alpha[0]) == {}

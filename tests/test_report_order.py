@@ -9,8 +9,8 @@ from hosting.models import ServerExit
 from models_catalog.models import RigFile
 from nodes import ingest
 from nodes.agent import protocol
-from nodes.models import Operation
-from tests.helpers import make_node, queued_messages, signed_report
+from nodes.models import Node, Operation
+from tests.helpers import make_node, queued_messages, raw_messages, signed_report
 from tests.test_hosting_ingest import deployment, server_report  # noqa: F401  (a fixture, and its reports)
 
 pytestmark = pytest.mark.django_db
@@ -102,3 +102,13 @@ def test_a_kept_report_is_acknowledged_to_its_rig_once_applied(alpha, django_cap
         apply(beta, "operation", {"operation": op.pk, "status": "failed"}, seq=105, ack=True)
     assert queued_messages(node.queue) == []
     assert [m.kwargs["seqs"] for m in queued_messages(beta[0].queue)] == [[105]]
+
+
+def test_no_acknowledgement_goes_to_a_rig_removed_before_its_report_was_applied(alpha):
+    """A report applied while the rig is being removed: its queue was purged with its account and stays gone."""
+    node, _token = alpha
+    ingest.acknowledge(node, 201)
+    assert [m.kwargs["seqs"] for m in queued_messages(node.queue)] == [[201]]
+    Node.objects.filter(pk=node.pk).delete()
+    ingest.acknowledge(node, 202)
+    assert raw_messages(node.queue) == []

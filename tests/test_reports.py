@@ -177,6 +177,8 @@ def test_it_accepts_an_operation_outcome():
         ({"operation": 7, "status": "failed", "result": ["x"]}, "result must be an object"),
         ({"operation": 7, "status": "succeeded", "result": {"blob": "x" * 5_000_000}},
          "result is 5000012 bytes, more than 131072"),
+        ({"operation": 7, "status": "succeeded", "result": {"text": "an answer\x00"}}, "result contains a NUL"),
+        ({"operation": 7, "status": "running", "result": {"steps": [{"k\x00": 1}]}}, "result contains a NUL"),
     ],
 )
 def test_it_rejects_a_malformed_operation_outcome(payload, reason):

@@ -249,9 +249,10 @@ def run_step(client, concurrency, prompt_list, gen_tokens, power_meter=None):
     }
 
 
-def run_sweep(base_url, api_key, request, parallel, power_meter=None, on_step=None, client=None):
+def run_sweep(base_url, api_key, request, parallel, power_meter=None, on_step=None, client=None, deadline=None):
     """The whole sweep. `request` is check_request()'s output; `power_meter` makes a probe.PowerMeter (or None on a
-    rig without NVML); `on_step(done, total, partial)` is called after each step. Returns the result."""
+    rig without NVML); `on_step(done, total, partial)` is called after each step. Returns the result. Past
+    `deadline` (time.monotonic()) no further step starts: BenchmarkError says how far it got."""
     client = client or Client(base_url, api_key)
     steps_wanted = levels(parallel, request.get("max_concurrency"))
     prompt_list = prompts(client, steps_wanted[-1], request["prompt_tokens"])
@@ -264,6 +265,9 @@ def run_sweep(base_url, api_key, request, parallel, power_meter=None, on_step=No
     result = {"parameters": {**request, "parallel": parallel, "levels": steps_wanted}, "steps": steps,
               "build_info": build_info, "rule": RULE}
     for done, concurrency in enumerate(steps_wanted, 1):
+        if deadline is not None and time.monotonic() > deadline:
+            raise BenchmarkError(f"stopped after {done - 1} of {len(steps_wanted)} steps: the sweep ran out of time; "
+                                 "try fewer prompt or generated tokens")
         steps.append(run_step(client, concurrency, prompt_list, request["gen_tokens"], power_meter))
         if on_step is not None:
             on_step(done, len(steps_wanted), result)
