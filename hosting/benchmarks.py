@@ -184,9 +184,10 @@ WIDTH, HEIGHT, PAD = 480, 120, 4
 
 
 def history_chart(benchmarks):
-    """Polylines of single-stream and best aggregate tok/s per benchmark, oldest left (server-rendered SVG)."""
+    """Polylines of single-stream and best aggregate tok/s per benchmark, oldest left (server-rendered SVG); None
+    before the second benchmark (one run is a point, and the table above already shows it)."""
     runs = list(reversed(benchmarks))
-    if not runs:
+    if len(runs) < 2:
         return None
     top = max(max(b.best_aggregate_tps, b.single_tps) for b in runs) or 1
 

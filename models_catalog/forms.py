@@ -62,6 +62,6 @@ class FitForm(forms.Form):
     """The context and parallel slots to plan for; empty: the planner recommends them."""
 
     ctx_size = forms.IntegerField(required=False, min_value=256, max_value=1_048_576, label="Context size",
-                                  widget=forms.NumberInput(attrs={"placeholder": "largest that fits"}))
+                                  widget=forms.NumberInput(attrs={"placeholder": "largest"}))
     parallel = forms.IntegerField(required=False, min_value=1, max_value=256, label="Parallel slots",
                                   widget=forms.NumberInput(attrs={"placeholder": "4"}))

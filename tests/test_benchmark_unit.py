@@ -241,7 +241,7 @@ def test_the_history_chart_puts_the_oldest_left():
     chart = history_chart([Run(100, 400), Run(50, 200)])  # newest first, as the page lists them
     assert chart["top"] == 400 and chart["count"] == 2
     assert chart["aggregate"] == "4.0,60.0 476.0,4.0"  # 200 tok/s left (the older), 400 right at the top
-    assert history_chart([]) is None
+    assert history_chart([]) is None and history_chart([Run(100, 400)]) is None  # one run is in the table
 
 
 # --- the sweep against a real llama-server ---------------------------------------------------------------------

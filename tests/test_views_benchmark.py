@@ -160,6 +160,8 @@ def test_the_page_shows_the_sweep_roofline_references_and_economics(clients):
     deployment = _deployment(node)
     _succeed(deployment)
     url = f"/deployments/{deployment.pk}/"
+    assert 'id="bench-history"' not in page(operator_client.get(url))  # one run: the table shows it, no chart yet
+    _succeed(deployment)
     assert "/login" in client.get(url)["Location"]
     viewer = page(viewer_client.get(url))
     assert "No benchmark" not in viewer and 'id="benchmark"' not in viewer  # viewers see it, without the button
