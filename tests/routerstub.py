@@ -651,11 +651,11 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     print(f"proxy-router stub {config.version} pid {os.getpid()}: admin API on {config.web_address[0]}:"
           f"{config.web_address[1]}, proxy on {config.proxy_address[0]}:{config.proxy_address[1]}, "
           f"{len(router.models)} model(s) configured", flush=True)
-    while not stop.wait(0.5):
+    while not stop.wait(0.05):
         pass
     for server in servers:
         server.shutdown()
