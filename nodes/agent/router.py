@@ -427,9 +427,12 @@ class RouterProcess:
             self.web_address = data.get("web_address")
             self.state, self.message = data.get("state", STOPPED), data.get("message", "")
             if self.is_running():
-                self.state, self.message = STARTING, f"re-adopted pid {self.pid} after the agent restarted"
-                log.info("proxy-router: %s", self.message)
+                adopted = f"re-adopted pid {self.pid} after the agent restarted"
+                log.info("proxy-router: %s", adopted)
+                self.state = STARTING
                 self.tick()
+                self.message = f"{adopted}; {self.state}"
+                self.save()
                 return True
             self.pid = None
             if self.desired == "running" and self.state != FAILED:
