@@ -246,6 +246,26 @@ def test_it_does_not_adopt_another_program_on_a_reused_pid(rig):
         sleeper.wait()
 
 
+def test_what_it_reports_hides_the_keys_and_passwords_on_the_rig(rig, backend):
+    rt.write_models_config(rig.folder / "models-config.json", [
+        {**rt.models_config_entry(mid(1), "tiny", backend.url), "apiKey": "backend-api-key-42"}])
+    with open(rig.folder / ".env", "a") as fh:
+        fh.write(RPC_LINE + "\n")
+    process = rig.process()
+    process.start()
+    assert process.wait_healthy(timeout=20) == rt.HEALTHY
+    rpc = RPC_LINE.split('"')[1]
+    secrets = ["0xprivate-test-key-never-shown", PASSWORD, "backend-api-key-42", rpc]
+    with open(process.log_path, "a") as log:  # a router that prints what it should not
+        log.write(" ".join(secrets) + "\n")
+
+    report = json.dumps(process.report())
+
+    assert not [secret for secret in secrets if secret in report]
+    assert "***" in report
+    process.stop()
+
+
 def test_it_gives_up_after_repeated_crashes_with_the_routers_last_words(rig):
     (rig.folder / "models-config.json").write_text(json.dumps({"models": [{**GOOD, "apiType": "llama"}]}))
     process = rig.process(backoff_base=0.01, max_crashes=3)

@@ -228,6 +228,40 @@ def managed_values(path):
     return found
 
 
+SECRET_NAME_MARKERS = ("KEY", "SECRET", "PASSWORD", "PASSWD", "TOKEN", "MNEMONIC", "COOKIE", "ETH_NODE_ADDRESS")
+
+
+def secret_values(folder):
+    """Every value on this router's folder that must never reach the panel: the cookie password, secret-looking
+    .env values (the wallet key, an RPC URL with its API key, COOKIE_CONTENT) and models' apiKeys. Used to mask
+    them in log lines and messages before they are reported."""
+    folder = Path(folder)
+    found = set()
+    for line in _read_lines(folder / ".env"):
+        key = _line_key(line)
+        if key and key not in MANAGED_KEYS and any(marker in key.upper() for marker in SECRET_NAME_MARKERS):
+            value = line.split("=", 1)[1].strip().strip("\"'")
+            found.add(value)
+            found.add(value.partition(":")[2])  # COOKIE_CONTENT=admin:<password>
+    settings = managed_values(folder / ".env")
+    try:
+        found.add(Path(folder / settings.get("COOKIE_FILE_PATH", ".cookie")).read_text().strip().partition(":")[2])
+    except OSError:
+        pass
+    try:
+        config = json.loads((folder / settings.get("MODELS_CONFIG_PATH", "models-config.json")).read_text())
+        found.update(m.get("apiKey", "") for m in config.get("models", []) if isinstance(m, dict))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sorted((v for v in found if isinstance(v, str) and len(v) >= 4), key=len, reverse=True)
+
+
+def mask(text, secrets):
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 # --- models-config.json --------------------------------------------------------------------------------------------
 # proxy-router/internal/config/models-config-schema.json, as the router ships it.
 MODELS_CONFIG_SCHEMA = {
@@ -533,7 +567,8 @@ class RouterProcess:
             self.message = f"proxy-router crashed ({exit_text}){after}; restart {len(recent)} in {delay:.0f} s"
         log.warning("%s", self.message)
         if self.on_exit is not None:
-            self.on_exit({"at": now, "uptime": uptime, "restart_in": delay, "exit": exit_text, "log": last_lines})
+            self.on_exit({"at": now, "uptime": uptime, "restart_in": delay, "exit": exit_text,
+                          "log": mask(last_lines, secret_values(self.folder))})
 
     def _launch(self):
         env_file = self.folder / ".env"
@@ -618,8 +653,9 @@ class RouterProcess:
     def report(self):
         """What the panel sees: no credential, no .env value outside the managed keys."""
         health = self.health or {}
+        hidden = secret_values(self.folder)
         return {"state": self.state, "desired": self.desired, "pid": self.pid if self.is_running() else None,
-                "started_at": self.started_at, "restarts": self.restarts, "message": self.message,
+                "started_at": self.started_at, "restarts": self.restarts, "message": mask(self.message, hidden),
                 "web_address": self.web_address, "version": health.get("version"),
                 "models": health.get("models", {}), "components": health.get("components", {}),
-                "log": tail(self.log_path, 40)}
+                "log": mask(tail(self.log_path, 40), hidden)}
