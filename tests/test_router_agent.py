@@ -4,6 +4,7 @@ running as the real one would be (the stand-in tests/routerstub.py, launched for
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -227,6 +228,48 @@ def test_it_keeps_the_router_running_and_re_adopts_it(rig, backend, monkeypatch)
     assert second.state == rt.STOPPED
     third = rig.process()
     assert third.adopt() is False and third.tick() == rt.STOPPED and third.pid is None
+
+
+def test_a_router_that_died_while_the_agent_was_away_is_started_again_and_counted(rig):
+    first = rig.process()
+    first.start()
+    assert first.wait_healthy(timeout=20) == rt.HEALTHY
+    os.killpg(first.pid, signal.SIGKILL)
+    first.popen.wait()
+
+    second = rig.process()
+    assert second.adopt() is False
+    assert rig.exits[-1]["exit"].startswith("exit status unknown")  # the panel's timeline still gets the exit
+    assert second.wait_healthy(timeout=20) == rt.HEALTHY and second.pid != first.pid
+
+    second.run(interval=0.05)  # the agent's loop: a crash is noticed and undone without anyone asking
+    crashed = second.pid
+    os.killpg(crashed, signal.SIGKILL)
+    assert wait_until(lambda: second.state == rt.HEALTHY and second.pid not in (None, crashed), timeout=20)
+    second.stop_loop()
+    second.stop()
+
+
+def test_it_tells_a_degraded_router_from_one_that_does_not_answer(rig, tmp_path):
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(json.dumps({"degraded": True}))
+    with open(rig.folder / ".env", "a") as fh:
+        fh.write(f"ROUTERSTUB_HOOKS_FILE={hooks}\n")
+    process = rig.process()
+    process.start()
+    assert process.wait_healthy(timeout=20) == rt.DEGRADED
+    assert "unhealthy" in process.report()["components"]["badgerdb"]
+    hooks.write_text("{}")
+    assert wait_until(lambda: process.tick() == rt.HEALTHY, timeout=10, interval=0.02)
+    process.stop()
+
+    silent = RouterProcess([shutil.which("sleep"), "30"], rig.folder, tmp_path / "other", start_timeout=0.2)
+    rig.made.append(silent)
+    assert silent.start() == rt.STARTING
+    assert wait_until(lambda: silent.tick() == rt.UNRESPONSIVE, timeout=10, interval=0.05)
+    assert "does not answer" in silent.message
+    silent.stop()
+    assert silent.state == rt.STOPPED
 
 
 def test_it_does_not_adopt_another_program_on_a_reused_pid(rig):

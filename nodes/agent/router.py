@@ -403,16 +403,19 @@ def probe_router(web_address, timeout=1.0):
         body = json.loads(raw)
     except ValueError:
         body = None
-    if status == 200 and isinstance(body, dict) and body.get("status") == "healthy":
+    if not isinstance(body, dict) or body.get("status") not in ("healthy", "degraded"):
+        return None, None  # not the router's answer (another program on the port, or a half-started router)
+    if status == 200 and body["status"] == "healthy":
         return HEALTHY, body
-    return DEGRADED, body if isinstance(body, dict) else None
+    return DEGRADED, body
 
 
 class RouterProcess:
     """One proxy-router on this rig. `tick()` is one supervision step; `run()` loops it on a thread."""
 
     def __init__(self, argv, folder, state_dir, on_exit=None, backoff_base=1.0, backoff_max=60.0, max_crashes=5,
-                 crash_window=600.0, stop_timeout=10.0, log_max_bytes=20 * 1024 * 1024, log_backups=2):
+                 crash_window=600.0, stop_timeout=10.0, start_timeout=120.0, log_max_bytes=20 * 1024 * 1024,
+                 log_backups=2):
         self.argv = [str(part) for part in argv]
         self.folder = Path(folder)
         self.dir = Path(state_dir) / "router"
@@ -420,6 +423,7 @@ class RouterProcess:
         self.on_exit = on_exit
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.max_crashes, self.crash_window, self.stop_timeout = max_crashes, crash_window, stop_timeout
+        self.start_timeout = start_timeout  # a router still not answering /healthcheck after this is "unresponsive"
         self.log_max_bytes, self.log_backups = log_max_bytes, log_backups
         self.lock = threading.RLock()
         self.desired = STOPPED
@@ -468,7 +472,11 @@ class RouterProcess:
                 self.message = f"{adopted}; {self.state}"
                 self.save()
                 return True
+            was = self.state
             self.pid = None
+            if was in RUNNING_STATES and self.on_exit is not None:  # it died while the agent was away
+                self.on_exit({"at": time.time(), "uptime": None, "restart_in": 0, "exit": describe_exit(None),
+                              "log": mask(tail(self.log_path, 15), secret_values(self.folder))})
             if self.desired == "running" and self.state != FAILED:
                 self.state, self.message = STOPPED, "was not running when the agent started; starting it"
             self.save()
@@ -539,8 +547,11 @@ class RouterProcess:
                     self.message = (f"{health} ({now - (self.started_at or now):.1f} s after launch)"
                                     if self.state == STARTING else health)
                 self.state = health
-            elif self.state != STARTING:
-                self.state, self.message = UNRESPONSIVE, "running but /healthcheck does not answer"
+            elif self.state != STARTING or now - (self.started_at or now) > self.start_timeout:
+                if self.state != UNRESPONSIVE:
+                    self.state = UNRESPONSIVE
+                    self.message = (f"running for {duration_text(now - (self.started_at or now))} but /healthcheck "
+                                    f"on {self.web_address} does not answer; its log says why")
             return
         if self.state in RUNNING_STATES and self.pid is not None:
             self._crashed(now)
