@@ -4,11 +4,11 @@ running as the real one would be (the stand-in tests/routerstub.py, launched for
 
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -263,13 +263,17 @@ def test_it_tells_a_degraded_router_from_one_that_does_not_answer(rig, tmp_path)
     assert wait_until(lambda: process.tick() == rt.HEALTHY, timeout=10, interval=0.02)
     process.stop()
 
-    silent = RouterProcess([shutil.which("sleep"), "30"], rig.folder, tmp_path / "other", start_timeout=0.2)
+    # A program that neither answers /healthcheck nor stops on SIGTERM.
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    silent = RouterProcess([sys.executable, "-c", stubborn], rig.folder, tmp_path / "other", start_timeout=0.3,
+                           stop_timeout=0.3)
     rig.made.append(silent)
     assert silent.start() == rt.STARTING
     assert wait_until(lambda: silent.tick() == rt.UNRESPONSIVE, timeout=10, interval=0.05)
     assert "does not answer" in silent.message
+    pid = silent.pid
     silent.stop()
-    assert silent.state == rt.STOPPED
+    assert silent.state == rt.STOPPED and "killed" in silent.message and not rt.pid_alive(pid)
 
 
 def test_it_does_not_adopt_another_program_on_a_reused_pid(rig):

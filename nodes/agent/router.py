@@ -629,7 +629,7 @@ class RouterProcess:
                     pass
                 while self.is_running():
                     time.sleep(0.02)
-                why += f" (killed after {self.stop_timeout:.0f} s)"
+                why += f" (killed: still running {self.stop_timeout:g} s after SIGTERM)"
         self.pid, self.popen, self.health = None, None, None
         self.state, self.message = STOPPED, why
         self.save()
