@@ -449,6 +449,11 @@ def test_each_router_failure_is_one_router_error_with_a_plain_reason(client, liv
     slow = failure(hasty.models)
     assert slow.kind == "timeout" and "0.3 s" in slow.reason
 
+    live.hooks.write_text(json.dumps({"faults": {"/blockchain/bids": "sleep:1"}}))
+    posting = AdminClient(f"127.0.0.1:{live.web_port}", live.folder / ".cookie", tx_timeout=0.3)
+    lost = failure(lambda: posting.post_bid(mid(55), 10**10))
+    assert lost.kind == "outcome_unknown" and "read the chain again" in lost.reason
+
     live.hooks.write_text(json.dumps({"degraded": True}))
     assert client.healthcheck()["status"] == "degraded"  # a 503 healthcheck is an answer, not an error
     small = AdminClient(f"127.0.0.1:{live.web_port}", live.folder / ".cookie", max_bytes=40)

@@ -3,7 +3,8 @@
 The credential is the router's own cookie file (`admin:<password>`), read on every call (the router writes it at
 its first start) and never returned, logged or put in an error. Every failure is one RouterError whose `kind` a
 page can show plainly: down, timeout, unauthorized, forbidden, not_found, rate_limited, degraded, malformed,
-too_large, refused (the router or the chain said no, with its reason). Values are checked here before any call
+too_large, refused (the router or the chain said no, with its reason), and outcome_unknown (a transaction sent
+but not answered: it may be on chain, so read again before retrying). Values are checked here before any call
 (InvalidValue): a refused value never costs a transaction, and a bid never burns its 0.3 MOR fee on a price the
 chain will reject. Amounts are int wei both ways, never floats.
 """
@@ -169,9 +170,10 @@ def _list(body, key, what):
 
 # --- the client ----------------------------------------------------------------------------------------------------
 class AdminClient:
-    def __init__(self, web_address, cookie_path, timeout=5.0, max_bytes=2 * 1024 * 1024):
+    def __init__(self, web_address, cookie_path, timeout=5.0, tx_timeout=120.0, max_bytes=2 * 1024 * 1024):
         self.base = loopback_url(web_address)
-        self.cookie_path, self.timeout, self.max_bytes = cookie_path, timeout, max_bytes
+        # Reads are quick; a transaction is answered only once it is mined, which can take a while on BASE.
+        self.cookie_path, self.timeout, self.tx_timeout, self.max_bytes = cookie_path, timeout, tx_timeout, max_bytes
         # Loopback only: never through an http_proxy from the agent's environment.
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -199,23 +201,34 @@ class AdminClient:
             token = base64.b64encode(f"{user}:{secret}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         what = f"{method} {path}"
+        write = method != "GET"
+        timeout = self.tx_timeout if write else self.timeout
         try:
             try:
-                with self.opener.open(request, timeout=self.timeout) as response:
+                with self.opener.open(request, timeout=timeout) as response:
                     status, raw = response.status, response.read(self.max_bytes + 1)
             except urllib.error.HTTPError as exc:
                 status, raw = exc.code, exc.read(self.max_bytes + 1)
-        except (socket.timeout, TimeoutError):
-            raise RouterError("timeout", f"the router did not answer {what} within {self.timeout:g} s") from None
         except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                raise RouterError("timeout", f"the router did not answer {what} within {self.timeout:g} s") from None
-            text = "connection refused" if isinstance(reason, ConnectionRefusedError) else str(reason)
-            raise RouterError("down", f"the router is not answering on {self.base} ({text})") from None
+            if isinstance(exc.reason, ConnectionRefusedError):  # nothing was sent
+                raise RouterError("down", f"the router is not answering on {self.base} (connection refused)") \
+                    from None
+            self._lost(what, write, timeout, exc.reason)
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise RouterError("down", f"the router broke off {what}: {exc}") from None
+            self._lost(what, write, timeout, exc)
         return self._answer(what, status, raw, ok, secret)
+
+    def _lost(self, what, write, timeout, reason):
+        """No answer after the request went out. For a transaction that means its outcome is unknown: it may be on
+        chain already, so the caller reads the chain again before trying twice (a second bid burns a second fee)."""
+        timed_out = isinstance(reason, (socket.timeout, TimeoutError))
+        lost = f"no answer within {timeout:g} s" if timed_out else f"the connection broke ({reason})"
+        if write:
+            raise RouterError("outcome_unknown", f"{what}: {lost}; the transaction may still go through, so read "
+                                                 "the chain again before retrying") from None
+        if timed_out:
+            raise RouterError("timeout", f"the router did not answer {what} within {timeout:g} s") from None
+        raise RouterError("down", f"the router broke off {what}: {reason}") from None
 
     def _answer(self, what, status, raw, ok, secret):
         if len(raw) > self.max_bytes:
