@@ -224,3 +224,12 @@ def test_its_chain_outlives_a_restart_and_its_ports_are_its_own(tmp_path, stubs)
     done = subprocess.run(STUB_ARGV, cwd=stub.folder, capture_output=True, text=True, timeout=20,
                           env={**os.environ, "PROXY_STORAGE_PATH": str(tmp_path / "other")})
     assert done.returncode == 2 and "cannot listen" in done.stderr
+
+
+def test_it_seeds_a_missing_models_config_from_models_config_content(tmp_path, stubs, backend):
+    content = json.dumps({"models": [entry(5, backend.url)]})
+    folder = tmp_path / "rig"
+    stub = stubs(folder, extra_env={"MODELS_CONFIG_PATH": "seeded.json", "MODELS_CONFIG_CONTENT": f"'{content}'"})
+
+    assert json.loads((folder / "seeded.json").read_text()) == json.loads(content)
+    assert [m["Id"] for m in request("GET", stub.base + "/v1/models")[1]] == [mid(5)]
