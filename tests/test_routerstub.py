@@ -6,11 +6,16 @@ auth, error bodies, amounts, health and forwarding are checked here against the 
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import urllib.request
 
 import pytest
 
+from tests import llama
+from tests.gguf_model import write_tiny_llama
+from tests.harness import wait_until
 from tests.helpers import free_port
 from tests.routerkit import (COOKIE, MOR, STUB_ARGV, WALLET, Backend, StubProcess, entry, mid, request,
                              write_rig_folder)
@@ -233,3 +238,32 @@ def test_it_seeds_a_missing_models_config_from_models_config_content(tmp_path, s
 
     assert json.loads((folder / "seeded.json").read_text()) == json.loads(content)
     assert [m["Id"] for m in request("GET", stub.base + "/v1/models")[1]] == [mid(5)]
+
+
+def test_a_chat_through_the_stand_in_reaches_a_real_llama_server(tmp_path, stubs):
+    port = free_port()
+    model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
+    args = [str(llama.server_binary()), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "--ctx-size", "256", "--n-gpu-layers", "0", "--parallel", "1"]
+    with open(tmp_path / "llama.log", "wb") as log:
+        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ready():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    return answer.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=60, message="llama-server's /health")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        stub = stubs(tmp_path / "rig", models=[entry(1, url, name="tiny-test-llama")])
+        chat = {"model": "tiny-test-llama", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
+
+        status, body = request("POST", f"http://127.0.0.1:{stub.proxy_port}/v1/chat/completions", chat, auth=None)
+
+        assert status == 200, body
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] >= 1
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
