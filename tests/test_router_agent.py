@@ -20,7 +20,8 @@ from nodes.agent.router import AdminClient, RouterError, RouterProcess
 from nodes.agent.validation import InvalidValue
 from tests.harness import wait_until
 from tests.helpers import free_port
-from tests.routerkit import COOKIE, MOR, STUB_ARGV, WALLET, Backend, StubProcess, entry, mid, write_rig_folder
+from tests.routerkit import (COOKIE, MOR, STUB_ARGV, WALLET, Backend, StubProcess, entry, mid, request,
+                             write_rig_folder)
 
 SECRET_KEY_LINE = "WALLET_PRIVATE_KEY=0xfeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface"
 RPC_LINE = 'export ETH_NODE_ADDRESS="https://base-mainnet.example/v2/rpc-secret-123"'
@@ -207,7 +208,6 @@ def test_it_keeps_the_router_running_and_re_adopts_it(rig, backend, monkeypatch)
     assert PASSWORD not in json.dumps(report) and "never-shown" not in json.dumps(report)
 
     # A chat sent to the router's consumer port reaches the model's backend.
-    from tests.routerkit import request
     status, body = request("POST", f"http://127.0.0.1:{rig.proxy}/v1/chat/completions",
                            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}, auth=None)
     assert status == 200 and backend.seen[-1]["body"]["model"] == "tiny"

@@ -18,7 +18,7 @@ import socket
 import urllib.error
 import urllib.request
 from decimal import Decimal
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from .validation import InvalidValue
 
