@@ -207,6 +207,8 @@ def test_it_keeps_the_router_running_and_re_adopts_it(rig, backend, monkeypatch)
     assert "MORPHEUS_NODE_TOKEN" not in child_env and "WALLET_PRIVATE_KEY" not in child_env
     assert PASSWORD not in json.dumps(report) and "never-shown" not in json.dumps(report)
 
+    assert rt.client_for(rig.folder).wallet() == WALLET  # its address and cookie, from the files on the rig
+
     # A chat sent to the router's consumer port reaches the model's backend.
     status, body = request("POST", f"http://127.0.0.1:{rig.proxy}/v1/chat/completions",
                            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}, auth=None)
@@ -458,6 +460,18 @@ def test_each_router_failure_is_one_router_error_with_a_plain_reason(client, liv
     assert client.healthcheck()["status"] == "degraded"  # a 503 healthcheck is an answer, not an error
     small = AdminClient(f"127.0.0.1:{live.web_port}", live.folder / ".cookie", max_bytes=40)
     assert failure(small.local_models).kind == "too_large"
+
+
+def test_competing_prices_are_summarised_in_exact_wei():
+    def bid(provider, price, active=True):
+        return {"provider": provider, "price_per_second": price, "active": active}
+
+    bids = [bid(WALLET, 10**10), bid("0x" + "cd" * 20, 3 * 10**10), bid("0x" + "ce" * 20, 2 * 10**10),
+            bid("0x" + "cf" * 20, 10**19 + 1), bid("0x" + "d0" * 20, 1, active=False)]
+    assert ra.price_summary(bids, exclude=WALLET.upper().replace("0X", "0x")) == {
+        "count": 3, "lowest": 2 * 10**10, "median": 3 * 10**10}
+    assert ra.price_summary(bids)["median"] == 2 * 10**10
+    assert ra.price_summary([], exclude=WALLET) == {"count": 0, "lowest": None, "median": None}
 
 
 def test_amounts_from_the_router_must_be_whole_wei():

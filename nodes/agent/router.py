@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .childenv import child_environment
-from .routeradmin import AdminClient, RouterError, loopback_url  # noqa: F401  (one import for the agent)
+from .routeradmin import AdminClient, RouterError, loopback_url, price_summary  # noqa: F401  (one import)
 from .supervisor import describe_exit, duration_text, pid_alive, port_free, read_cmdline, rotate_log, tail
 from .validation import InvalidValue
 
@@ -381,6 +381,15 @@ def write_models_config(path, entries):
     document = validate_models_config({"$schema": SCHEMA_REF, "models": models})
     atomic_write(path, json.dumps(document, indent=2) + "\n")
     return document
+
+
+def client_for(folder, **knobs):
+    """The admin API client for the router in `folder`: its WEB_ADDRESS on loopback, its own cookie file."""
+    folder = Path(folder)
+    settings = managed_values(folder / ".env")
+    if "WEB_ADDRESS" not in settings:
+        raise InvalidValue(f"{folder / '.env'} has no WEB_ADDRESS; write the router's settings first")
+    return AdminClient(settings["WEB_ADDRESS"], folder / settings.get("COOKIE_FILE_PATH", ".cookie"), **knobs)
 
 
 # --- the process ---------------------------------------------------------------------------------------------------

@@ -159,6 +159,16 @@ def session_record(data):
     return record
 
 
+def price_summary(bids, exclude=None):
+    """Lowest and median price per second of the active bids (a provider's own left out with `exclude`), in wei;
+    the median of an even count is the lower middle one, so it is always a price someone actually asks."""
+    prices = sorted(b["price_per_second"] for b in bids
+                    if b.get("active", True) and (exclude is None or b["provider"].lower() != exclude.lower()))
+    if not prices:
+        return {"count": 0, "lowest": None, "median": None}
+    return {"count": len(prices), "lowest": prices[0], "median": prices[(len(prices) - 1) // 2]}
+
+
 def _list(body, key, what):
     items = _field(body, key, what)
     if items is None:
