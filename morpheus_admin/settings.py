@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "nodes",
     "models_catalog",
     "hosting",
+    "marketplace",
 ]
 
 MIDDLEWARE = [

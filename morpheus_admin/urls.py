@@ -12,5 +12,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("models_catalog.urls")),
     path("", include("hosting.urls")),
+    path("", include("marketplace.urls")),
     path("", include("nodes.urls")),
 ]

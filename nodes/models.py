@@ -280,6 +280,7 @@ class Operation(models.Model):
     BUILD_LLAMA, ADOPT_BUILD, DELETE_BUILD = "build_llama", "adopt_build", "delete_build"
     LAUNCH, STOP, RESTART = "launch", "stop", "restart"
     BENCHMARK, CHAT = "benchmark", "chat"
+    ROUTER_APPLY, ROUTER_REFRESH = "router_apply", "router_refresh"
     KIND_CHOICES = [
         (REFRESH_HARDWARE, "refresh hardware"),
         (PING, "ping agent"),
@@ -294,6 +295,8 @@ class Operation(models.Model):
         (RESTART, "restart server"),
         (BENCHMARK, "benchmark server"),
         (CHAT, "try a prompt"),
+        (ROUTER_APPLY, "start proxy-router"),
+        (ROUTER_REFRESH, "read proxy-router"),
     ]
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)

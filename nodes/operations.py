@@ -23,6 +23,8 @@ AGENT_TASKS = {
     Operation.RESTART: protocol.AGENT_APPLY_DEPLOYMENT,
     Operation.BENCHMARK: protocol.AGENT_BENCHMARK_DEPLOYMENT,
     Operation.CHAT: protocol.AGENT_CHAT_DEPLOYMENT,
+    Operation.ROUTER_APPLY: protocol.AGENT_ROUTER_APPLY,
+    Operation.ROUTER_REFRESH: protocol.AGENT_ROUTER_REFRESH,
 }
 
 

@@ -5,10 +5,12 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 
 import json
 import math
+import re
 
 from nodes.agent import serving
 from nodes.agent.probe import MAX_LISTENING_PORTS
-from nodes.agent.protocol import REPORTED_OPERATION_STATES, SERVER_STATES
+from nodes.agent.protocol import (REPORTED_OPERATION_STATES, ROUTER_ERROR_KINDS, ROUTER_NETWORKS, ROUTER_STATES,
+                                  SERVER_STATES)
 
 TiB = 1024**4
 MAX_RESULT_BYTES = 128 * 1024  # room for a 64-shard model's removed paths
@@ -336,7 +338,111 @@ def clean_rejected_command(payload):
     return {"task": _text(payload, "task", 60), "reason": _text(payload, "reason", 240)}
 
 
+HEX_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+WEI_RE = re.compile(r"^[0-9]{1,78}$")  # uint256 as a decimal string
+MODEL_HEALTH = ("healthy", "unhealthy", "degraded", "no_bid", "no_model_configured", "unknown")
+
+
+def _wei_text(data, key, required=False):
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not WEI_RE.match(value):
+        raise ReportError(f"{key} must be a whole number of wei as a string")
+    return value
+
+
+def _matching(value, regex, what):
+    if not isinstance(value, str) or not regex.match(value):
+        raise ReportError(f"{what} must be {regex.pattern}")
+    return value.lower()
+
+
+def _router_health(models):
+    """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
+    if not isinstance(models, dict) or len(models) > 64:
+        raise ReportError("models_health must be an object of at most 64 models")
+    clean = {}
+    for key, value in models.items():
+        status = value.get("status") if isinstance(value, dict) else value
+        if not isinstance(key, str) or len(key) > 100:
+            raise ReportError("models_health keys must be model ids")
+        clean[key] = status if status in MODEL_HEALTH else "unknown"
+    return clean
+
+
+def clean_router(payload):
+    """The proxy-router's state on a rig (protocol.ROUTER_FIELDS): states from the protocol, amounts in wei as
+    integer strings, addresses and ids 0x-hex, every list and text bounded."""
+    if not isinstance(payload, dict):
+        raise ReportError("payload must be an object")
+    if _has_nul(payload):
+        raise ReportError("router report contains a NUL character or is nested too deep")
+    state = payload.get("state")
+    if state not in ROUTER_STATES:
+        raise ReportError(f"router state {state!r} is not one of {', '.join(ROUTER_STATES)}")
+    log_tail = payload.get("log") or ""
+    if not isinstance(log_tail, str):
+        raise ReportError("log must be text")
+    wallet = payload.get("wallet")
+    network = payload.get("network")
+    if network is not None and network not in ROUTER_NETWORKS:
+        raise ReportError(f"network {network!r} is not one of {', '.join(ROUTER_NETWORKS)}")
+    health = payload.get("health")
+    if health not in (None, "healthy", "degraded"):
+        raise ReportError("health must be healthy or degraded")
+    provider = payload.get("provider")
+    if provider is not None:
+        if not isinstance(provider, dict):
+            raise ReportError("provider must be an object")
+        provider = {"address": _matching(provider.get("address"), ADDRESS_RE, "provider address"),
+                    "endpoint": _text(provider, "endpoint", 300, required=False),
+                    "stake": _wei_text(provider, "stake", required=True)}
+    models = [{"id": _matching(m.get("id"), HEX_ID_RE, "model id"), "name": _text(m, "name", 200, required=False),
+               "stake": _wei_text(m, "stake")} for m in _list(payload, "models", 64) if isinstance(m, dict)]
+    bids = [{"id": _matching(b.get("id"), HEX_ID_RE, "bid id"), "model_id": _matching(b.get("model_id"), HEX_ID_RE,
+                                                                                     "bid model id"),
+             "price_per_second": _wei_text(b, "price_per_second", required=True)}
+            for b in _list(payload, "bids", 64) if isinstance(b, dict)]
+    config_models = _list(payload, "config_models", 64)
+    if len(json.dumps(config_models)) > 64 * 1024:
+        raise ReportError("config_models is too large")
+    keys = _list(payload, "unmanaged_keys", 100)
+    if not all(isinstance(k, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$", k) for k in keys):
+        raise ReportError("unmanaged_keys must be .env key names")
+    error = payload.get("error")
+    if error is not None:
+        if not isinstance(error, dict) or error.get("kind") not in ROUTER_ERROR_KINDS:
+            raise ReportError(f"error kind must be one of {', '.join(ROUTER_ERROR_KINDS)}")
+        error = {"kind": error["kind"], "reason": _text(error, "reason", 500, required=False)}
+    return {
+        "state": state,
+        "pid": _number(payload, "pid", 1, 2**32, integer=True, required=False),
+        "message": _text(payload, "message", 4000, required=False),
+        "log": log_tail[-8000:],
+        "restarts": _number(payload, "restarts", 0, 10**9, integer=True, required=False) or 0,
+        "version": _text(payload, "version", 100, required=False),
+        "health": health,
+        "models_health": _router_health(payload.get("models_health") or {}),
+        "wallet": _matching(wallet, ADDRESS_RE, "wallet") if wallet is not None else None,
+        "mor_wei": _wei_text(payload, "mor_wei"),
+        "eth_wei": _wei_text(payload, "eth_wei"),
+        "provider": provider,
+        "models": models,
+        "bids": bids,
+        "open_sessions": _number(payload, "open_sessions", 0, 10**6, integer=True, required=False),
+        "config_models": config_models,
+        "unmanaged_keys": sorted(keys),
+        "network": network,
+        "binary": _text(payload, "binary", 4096, required=False),
+        "at": _number(payload, "at", 0, 10**11),
+        "error": error,
+    }
+
+
 CLEANERS = {
+    "router": clean_router,
     "rejected_command": clean_rejected_command,
     "server_exit": clean_server_exit,
     "deployment": clean_deployment,

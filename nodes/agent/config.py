@@ -49,6 +49,12 @@ class AgentConfig:
         return Path(self.data_dir) / "state"
 
     @property
+    def router_dir(self):
+        """The proxy-router's working folder (its .env, models-config.json, cookie, storage):
+        MORPHEUS_AGENT_ROUTER_DIR, else inside the agent's state folder."""
+        return Path(os.environ.get("MORPHEUS_AGENT_ROUTER_DIR") or self.state_dir / "proxy-router")
+
+    @property
     def model_dirs(self):
         """Where GGUF files may live: the agent's own folder plus any the provider already had (the seed's models/)."""
         return (self.models_dir, *self.extra_model_dirs)

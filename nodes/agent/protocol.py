@@ -27,6 +27,11 @@ AGENT_RECONCILE_DEPLOYMENTS = "agent.reconcile_deployments"
 AGENT_ACK = "agent.ack"  # the panel applied these reports: the rig may drop them from its outbox
 AGENT_BENCHMARK_DEPLOYMENT = "agent.benchmark_deployment"  # tok/s and time to first token at 1..N streams
 AGENT_CHAT_DEPLOYMENT = "agent.chat_deployment"  # "try it": one chat sent to the server, its answer streamed back
+# The proxy-router: `config` = {"network": "mainnet" | "testnet", "binary": absolute path on the rig, "env": the
+# managed .env values the panel sets (never the wallet key), "models": [models-config entries]}; `restart` asks for
+# a restart even when nothing changed (it cuts open sessions: the panel asks first).
+AGENT_ROUTER_APPLY = "agent.router_apply"
+AGENT_ROUTER_REFRESH = "agent.router_refresh"  # read the router's state now and report it
 
 # task name → (takes an operation id, its keyword arguments: required, optional)
 COMMANDS = {
@@ -45,7 +50,11 @@ COMMANDS = {
     AGENT_ACK: (False, ("seqs",), ()),
     AGENT_BENCHMARK_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
     AGENT_CHAT_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
+    AGENT_ROUTER_APPLY: (True, ("config",), ("restart",)),
+    AGENT_ROUTER_REFRESH: (True, (), ()),
 }
+ROUTER_CONFIG_KEYS = ("network", "binary", "env", "models")
+ROUTER_NETWORKS = ("mainnet", "testnet")
 
 # Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
 SECRET_FIELDS = frozenset({"token", "api_key"})
@@ -59,6 +68,13 @@ DEPLOYMENT = "deployment"
 REJECTED_COMMAND = "rejected_command"
 SERVER_EXIT = "server_exit"  # a llama-server died by itself: exit code or signal, uptime, last log lines
 INVENTORY = "inventory"  # at start and periodically: operations the rig still has, its servers and their states
+# The proxy-router's state: periodically while one is configured (best-effort), on every change of state (kept until
+# acknowledged). Fields: ROUTER_FIELDS. Amounts are integer strings in wei; no credential, no unmanaged .env value
+# (only the NAMES of unmanaged keys).
+ROUTER = "router"
+ROUTER_FIELDS = ("state", "pid", "message", "log", "restarts", "version", "health", "models_health", "wallet",
+                 "mor_wei", "eth_wei", "provider", "models", "bids", "open_sessions", "config_models",
+                 "unmanaged_keys", "network", "binary", "at", "error")
 
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -67,6 +83,11 @@ REPORTED_OPERATION_STATES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 # A llama-server as the rig's supervisor sees it.
 SERVER_STATES = ("stopped", "starting", "loading", "healthy", "backoff", "failed")
+# The proxy-router as RouterProcess (nodes/agent/router.py) sees it.
+ROUTER_STATES = ("stopped", "starting", "healthy", "degraded", "unresponsive", "backoff", "failed")
+# Why the router's admin API did not answer usefully (routeradmin.RouterError kinds).
+ROUTER_ERROR_KINDS = ("down", "timeout", "unauthorized", "forbidden", "rate_limited", "degraded", "malformed", "refused", "not_found",
+                      "too_large", "outcome_unknown", "invalid")
 
 
 def node_queue(name):
