@@ -552,6 +552,10 @@ class RouterProcess:
             health, body = probe_router(self.web_address)
             if health is not None:
                 self.health = body
+                if self.popen is not None and self.state == STARTING:
+                    # What /proc shows once it answers: a wrapper that exec'd the router (a script, an interpreter)
+                    # has another command line than the argv launched, and adoption compares this one.
+                    self.cmdline = read_cmdline(self.pid) or self.cmdline
                 if self.state != health:
                     self.message = (f"{health} ({now - (self.started_at or now):.1f} s after launch)"
                                     if self.state == STARTING else health)

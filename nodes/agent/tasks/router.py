@@ -152,6 +152,7 @@ def register(agent):
             clean = check_config(config)
             managed = {**default_env(clean["network"]), **clean["env"]}
             folder.mkdir(parents=True, exist_ok=True)
+            config_path.parent.mkdir(parents=True, exist_ok=True)
             with lock:
                 applied = load_applied()
                 changed = applied is None or applied.get("fingerprint") != fingerprint(clean)
