@@ -4,14 +4,11 @@ from pathlib import PurePosixPath
 
 from django.db import transaction
 
+from hosting.services import Refused
 from marketplace.models import Router
 from nodes.agent.protocol import ROUTER_NETWORKS
 from nodes.models import Operation
 from nodes.operations import start_operation
-
-
-class Refused(Exception):
-    pass
 
 
 def check_binary_path(path):

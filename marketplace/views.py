@@ -6,8 +6,8 @@ from django.views.decorators.http import require_POST
 from marketplace import services
 from marketplace.forms import RouterForm
 from marketplace.models import Router
-from nodes.channel import NoRigKey
 from nodes.models import Node, Operation
+from nodes import reauth
 from nodes.permissions import require_operator
 
 ERROR_TEXT = {
@@ -33,6 +33,9 @@ def rig_marketplace(request, name):
         if form.is_valid():
             data = form.cleaned_data
             running = router is not None and router.is_running
+            new_code = router is None or router.binary_path != data["binary"].strip()
+            if new_code and not reauth.is_recent(request):
+                return reauth.password_page(request)  # a binary the rig has not run for us: the password again
             if running and not data["confirm_restart"]:
                 needs_confirm = True
                 messages.warning(request, f"The proxy-router is {router.state}: applying restarts it and cuts its "
@@ -43,8 +46,6 @@ def rig_marketplace(request, name):
                                           data["web_port"], restart=running)
                 except services.Refused as exc:
                     form.add_error("binary", str(exc))
-                except NoRigKey:
-                    raise
                 else:
                     messages.success(request, f"Proxy-router {'restart' if running else 'start'} sent to {node.name}")
                     return redirect("rig_marketplace", node.name)

@@ -162,3 +162,10 @@ def test_the_admin_api_failing_is_shown_plainly(viewer_client, alpha):
 
 def test_the_rig_page_links_to_the_marketplace(viewer_client, alpha):
     assert 'href="/rigs/alpha/marketplace/"' in viewer_client.get("/rigs/alpha/").content.decode()
+
+
+def test_a_new_binary_asks_for_the_password_again(client, operator, alpha, sent):
+    client.force_login(operator)  # logged in, but the password not typed again lately
+    response = client.post("/rigs/alpha/marketplace/", FORM)
+    assert response.status_code == 403 and "password" in page(response).lower()
+    assert sent == [] and not Router.objects.exists()
