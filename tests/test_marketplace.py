@@ -169,3 +169,9 @@ def test_a_new_binary_asks_for_the_password_again(client, operator, alpha, sent)
     response = client.post("/rigs/alpha/marketplace/", FORM)
     assert response.status_code == 403 and "password" in page(response).lower()
     assert sent == [] and not Router.objects.exists()
+
+
+def test_the_report_fields_are_the_protocols():
+    from nodes.agent.protocol import ROUTER_FIELDS
+
+    assert set(clean_router(report())) == set(ROUTER_FIELDS) == set(report())

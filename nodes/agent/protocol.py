@@ -86,8 +86,8 @@ SERVER_STATES = ("stopped", "starting", "loading", "healthy", "backoff", "failed
 # The proxy-router as RouterProcess (nodes/agent/router.py) sees it.
 ROUTER_STATES = ("stopped", "starting", "healthy", "degraded", "unresponsive", "backoff", "failed")
 # Why the router's admin API did not answer usefully (routeradmin.RouterError kinds).
-ROUTER_ERROR_KINDS = ("down", "timeout", "unauthorized", "forbidden", "rate_limited", "degraded", "malformed", "refused", "not_found",
-                      "too_large", "outcome_unknown", "invalid")
+ROUTER_ERROR_KINDS = ("down", "timeout", "unauthorized", "forbidden", "rate_limited", "degraded", "malformed",
+                      "refused", "not_found", "too_large", "outcome_unknown", "invalid")
 
 
 def node_queue(name):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .. import protocol
-from ..router import (DEGRADED, FAILED, HEALTHY, RouterError, RouterProcess, atomic_write, client_for, default_env,
+from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, atomic_write, client_for, default_env,
                       mask, secret_values, unmanaged_keys, write_env, write_models_config)
 from ..validation import InvalidValue
 
@@ -167,15 +167,17 @@ def register(agent):
                 elif not proc.is_running():
                     proc.start()
         except (InvalidValue, ValueError, OSError) as exc:
-            agent.operation(operation_id, protocol.FAILED, f"refused on the rig: {mask(str(exc), secret_values(folder))}")
+            why = mask(str(exc), secret_values(folder))
+            agent.operation(operation_id, protocol.FAILED, f"refused on the rig: {why}")
             return
         state = proc.wait_healthy(timeout=HEALTH_WAIT, interval=0.2) if proc.state != HEALTHY else proc.state
         report = publish(force_durable=True)
         message = mask(proc.message, secret_values(folder)) or state
         if state in (HEALTHY, DEGRADED):
             unchanged = "" if changed or restart else "unchanged; "
+            version = report["version"] or "unknown"
             agent.operation(operation_id, protocol.SUCCEEDED,
-                            f"proxy-router {unchanged}{state}, version {report['version'] or 'unknown'}, pid {proc.pid}",
+                            f"proxy-router {unchanged}{state}, version {version}, pid {proc.pid}",
                             result={"state": state, "pid": proc.pid})
         else:
             agent.operation(operation_id, protocol.FAILED, f"proxy-router {state}: {message}"[:2000])
