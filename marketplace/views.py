@@ -6,8 +6,8 @@ from django.views.decorators.http import require_POST
 from marketplace import services
 from marketplace.forms import RouterForm
 from marketplace.models import Router
-from nodes.models import Node, Operation
 from nodes import reauth
+from nodes.models import Node, Operation
 from nodes.permissions import require_operator
 
 ERROR_TEXT = {
