@@ -1,14 +1,12 @@
 """Benchmarks without the agent: the sweep against a real llama-server (tiny model), the recommended-sessions rule,
 memory bandwidth and power from the fake NVML, roofline and published references, and the economics arithmetic."""
 
-import importlib.util
 import json
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from fractions import Fraction
-
-import time
 
 import pytest
 
@@ -20,6 +18,7 @@ from tests import llama
 from tests.gguf_model import write_tiny_llama
 from tests.harness import FAKES, wait_until
 from tests.helpers import free_port, make_node
+from tests.test_probe import fake_nvml  # noqa: F401  (a fixture)
 
 FLOOR = 10_000_000_000
 
@@ -141,20 +140,6 @@ def test_a_rig_result_is_rebuilt_from_known_fields_and_bounded():
 
 
 # --- NVML: memory bandwidth and power ----------------------------------------------------------------------------
-
-@pytest.fixture
-def fake_nvml(monkeypatch):
-    spec = importlib.util.spec_from_file_location("pynvml", FAKES / "pynvml.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-
-    def use(value):
-        monkeypatch.setenv("FAKE_NVML", value if isinstance(value, str) else json.dumps(value))
-        return module
-
-    return use
-
 
 def test_memory_bandwidth_comes_from_nvml_else_from_the_table_else_nothing(fake_nvml, tmp_path):
     fake_nvml([{"name": "NVIDIA GeForce RTX 3090", "vram_gib": 24, "power_limit_w": 350, "bus_width": 384,

@@ -17,6 +17,7 @@ import pytest
 from nodes.agent import router as rt
 from nodes.agent import routeradmin as ra
 from nodes.agent.router import AdminClient, RouterError, RouterProcess
+from nodes.agent.supervisor import pid_alive
 from nodes.agent.validation import InvalidValue
 from tests.harness import wait_until
 from tests.helpers import free_port
@@ -226,7 +227,7 @@ def test_it_keeps_the_router_running_and_re_adopts_it(rig, backend, monkeypatch)
     assert second.pid == first.pid and second.state == rt.HEALTHY and "re-adopted" in second.message
 
     second.stop()
-    assert wait_until(lambda: not rt.pid_alive(first.pid), timeout=10)
+    assert wait_until(lambda: not pid_alive(first.pid), timeout=10)
     assert second.state == rt.STOPPED
     third = rig.process()
     assert third.adopt() is False and third.tick() == rt.STOPPED and third.pid is None
@@ -275,7 +276,7 @@ def test_it_tells_a_degraded_router_from_one_that_does_not_answer(rig, tmp_path)
     assert "does not answer" in silent.message
     pid = silent.pid
     silent.stop()
-    assert silent.state == rt.STOPPED and "killed" in silent.message and not rt.pid_alive(pid)
+    assert silent.state == rt.STOPPED and "killed" in silent.message and not pid_alive(pid)
 
 
 def test_it_does_not_adopt_another_program_on_a_reused_pid(rig):

@@ -131,28 +131,21 @@ class Client:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def get_json(self, path):
-        connection = self._connection()
-        try:
-            connection.request("GET", path, headers=self.headers)
-            response = connection.getresponse()
-            body = response.read(1024 * 1024)
-            if response.status != 200:
-                raise BenchmarkError(f"GET {path} answered HTTP {response.status}: "
-                                     f"{body[:200].decode(errors='replace')}")
-            return json.loads(body)
-        finally:
-            connection.close()
+        return self._json("GET", path, None, 1024 * 1024)
 
     def post_json(self, path, data):
+        return self._json("POST", path, json.dumps(data), 16 * 1024 * 1024)
+
+    def _json(self, method, path, body, limit):
         connection = self._connection()
         try:
-            connection.request("POST", path, body=json.dumps(data), headers=self.headers)
+            connection.request(method, path, body=body, headers=self.headers)
             response = connection.getresponse()
-            body = response.read(16 * 1024 * 1024)
+            data = response.read(limit)
             if response.status != 200:
-                raise BenchmarkError(f"POST {path} answered HTTP {response.status}: "
-                                     f"{body[:200].decode(errors='replace')}")
-            return json.loads(body)
+                raise BenchmarkError(f"{method} {path} answered HTTP {response.status}: "
+                                     f"{data[:200].decode(errors='replace')}")
+            return json.loads(data)
         finally:
             connection.close()
 

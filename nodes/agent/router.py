@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -31,7 +30,8 @@ from urllib.parse import urlsplit
 
 from .childenv import child_environment
 from .routeradmin import AdminClient, RouterError, loopback_url, price_summary  # noqa: F401  (one import)
-from .supervisor import describe_exit, duration_text, pid_alive, port_free, read_cmdline, rotate_log, tail
+from .supervisor import (describe_exit, duration_text, owned_process_running, port_free, read_cmdline, rotate_log,
+                         stop_process_group, tail, write_private)
 from .validation import InvalidValue
 
 log = logging.getLogger("morpheus.agent.router")
@@ -170,22 +170,6 @@ def _read_lines(path):
         return []
 
 
-def atomic_write(path, text, mode=0o600):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_env(path, managed):
     """Set the managed keys in `path`, keeping every other line as it is; atomic, mode 0600.
 
@@ -209,7 +193,7 @@ def write_env(path, managed):
                 out.append("")
             out.append(MANAGED_MARK)
         out.extend(f"{key}={values[key]}" for key in missing)
-    atomic_write(path, "\n".join(out) + "\n")
+    write_private(path, "\n".join(out) + "\n")
     return sorted(values)
 
 
@@ -379,7 +363,7 @@ def write_models_config(path, entries):
             entry["modelId"] = "0x" + entry["modelId"].lower().removeprefix("0x")
         models.append(entry)
     document = validate_models_config({"$schema": SCHEMA_REF, "models": models})
-    atomic_write(path, json.dumps(document, indent=2) + "\n")
+    write_private(path, json.dumps(document, indent=2) + "\n")
     return document
 
 
@@ -458,7 +442,7 @@ class RouterProcess:
         data = {"argv": self.argv, "folder": str(self.folder), "desired": self.desired, "state": self.state,
                 "message": self.message, "pid": self.pid, "cmdline": self.cmdline, "started_at": self.started_at,
                 "restarts": self.restarts, "crashes": list(self.crashes), "web_address": self.web_address}
-        atomic_write(self.state_path, json.dumps(data))
+        write_private(self.state_path, json.dumps(data))
 
     def adopt(self):
         """After an agent restart: take back a router that kept running (same pid, same command line)."""
@@ -492,14 +476,7 @@ class RouterProcess:
             return False
 
     def is_running(self):
-        if self.pid is None:
-            return False
-        if self.popen is not None:
-            if self.popen.poll() is not None or not pid_alive(self.pid):
-                self.last_exit = self.popen.wait()
-                return False
-            return True
-        return pid_alive(self.pid) and read_cmdline(self.pid) == self.cmdline
+        return owned_process_running(self)
 
     # -- desired state
     def start(self):
@@ -627,21 +604,7 @@ class RouterProcess:
 
     def _terminate(self, why):
         if self.pid is not None and self.is_running():
-            pid = self.pid
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + self.stop_timeout
-            while time.monotonic() < deadline and self.is_running():
-                time.sleep(0.02)
-            if self.is_running():
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                while self.is_running():
-                    time.sleep(0.02)
+            if stop_process_group(self.pid, self.is_running, self.stop_timeout, poll=0.02):
                 why += f" (killed: still running {self.stop_timeout:g} s after SIGTERM)"
         self.pid, self.popen, self.health = None, None, None
         self.state, self.message = STOPPED, why

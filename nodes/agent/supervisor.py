@@ -79,6 +79,58 @@ def pid_alive(pid):
     return state != "Z"
 
 
+def write_private(path, text, mode=0o600):
+    """Write `text` to `path` atomically (a reader sees the old file or the new one), readable by this user only."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def owned_process_running(proc):
+    """A supervised process (`proc` has pid, popen, cmdline, last_exit) is ours and alive: the pid exists, is not a
+    zombie, and still runs the command line we started. Records the exit code when our own child has ended."""
+    if proc.pid is None:
+        return False
+    if proc.popen is not None:
+        if proc.popen.poll() is not None or not pid_alive(proc.pid):
+            # poll() answers None while another thread is polling the same process: wait() gets the exit code.
+            proc.last_exit = proc.popen.wait()
+            return False
+        return True  # our own child; its /proc cmdline is empty for a moment after exec, so don't compare it
+    return pid_alive(proc.pid) and read_cmdline(proc.pid) == proc.cmdline
+
+
+def stop_process_group(pid, still_running, timeout, poll=0.05):
+    """SIGTERM the process group `pid` leads, SIGKILL it if `still_running()` after `timeout` s; wait until it is gone.
+    Returns True when it had to be killed."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and still_running():
+        time.sleep(poll)
+    if not still_running():
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while still_running():
+        time.sleep(poll)
+    return True
+
+
 def _tail_lines(path, lines):
     try:
         with open(path, "rb") as fh:
@@ -181,11 +233,7 @@ class Server:
         data = {"spec": self.spec.to_dict(), "pid": self.pid, "cmdline": self.cmdline, "started_at": self.started_at,
                 "restarts": self.restarts, "crashes": list(self.crashes), "state": self.state,
                 "message": self.message}
-        tmp = self.state_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.state_path)
+        write_private(self.state_path, json.dumps(data))
 
     @classmethod
     def load(cls, folder):
@@ -198,16 +246,7 @@ class Server:
         return server
 
     def is_running(self):
-        """Our process, alive: the pid exists, is not a zombie, and still runs the command line we started."""
-        if self.pid is None:
-            return False
-        if self.popen is not None:
-            if self.popen.poll() is not None or not pid_alive(self.pid):
-                # poll() answers None while another thread is polling the same process: wait() gets the exit code.
-                self.last_exit = self.popen.wait()
-                return False
-            return True  # our own child; its /proc cmdline is empty for a moment after exec, so don't compare it
-        return pid_alive(self.pid) and read_cmdline(self.pid) == self.cmdline
+        return owned_process_running(self)
 
     def report(self):
         return {
@@ -471,22 +510,8 @@ class Supervisor:
             time.sleep(0.005 if time.time() - server.started_at < 10 else 0.1)
 
     def _terminate(self, server, why):
-        pid = server.pid
-        if pid is not None and server.is_running():
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while time.monotonic() < deadline and server.is_running():
-                time.sleep(0.05)
-            if server.is_running():
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                while server.is_running():
-                    time.sleep(0.05)
+        if server.pid is not None and server.is_running():
+            if stop_process_group(server.pid, server.is_running, STOP_TIMEOUT):
                 why += f" (killed after {STOP_TIMEOUT:.0f} s)"
         server.pid, server.popen, server.state, server.message = None, None, STOPPED, why
         server.save()

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from .. import protocol
-from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, atomic_write, client_for, default_env,
-                      mask, secret_values, unmanaged_keys, write_env, write_models_config)
+from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, client_for, default_env, mask, secret_values,
+                      unmanaged_keys, write_env, write_models_config)
+from ..supervisor import write_private
 from ..validation import InvalidValue
 
 log = logging.getLogger("morpheus.agent")
@@ -159,7 +160,7 @@ def register(agent):
                 write_env(folder / ".env", managed)
                 write_models_config(folder / managed.get("MODELS_CONFIG_PATH", "models-config.json"),
                                     clean["models"])
-                atomic_write(config_path, json.dumps({"config": clean, "fingerprint": fingerprint(clean)}))
+                write_private(config_path, json.dumps({"config": clean, "fingerprint": fingerprint(clean)}))
                 holder["config"] = clean
                 proc = process_for(clean)
                 if proc.is_running() and (changed or restart):
