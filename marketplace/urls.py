@@ -1,8 +1,17 @@
 from django.urls import path
 
-from marketplace import views
+from marketplace import chain_views, install_views, session_views, views
 
 urlpatterns = [
     path("rigs/<slug:name>/marketplace/", views.rig_marketplace, name="rig_marketplace"),
     path("rigs/<slug:name>/marketplace/refresh/", views.rig_router_refresh, name="rig_router_refresh"),
 ]
+
+# On-chain actions (chain_views).
+urlpatterns += []
+
+# Sessions, earnings and the restart timeline (session_views).
+urlpatterns += []
+
+# Installing a release (install_views).
+urlpatterns += []

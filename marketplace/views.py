@@ -3,7 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from marketplace import services
+from marketplace import chain_views, install_views, services, session_views
 from marketplace.forms import RouterForm
 from marketplace.models import Router
 from nodes import reauth
@@ -52,11 +52,14 @@ def rig_marketplace(request, name):
     snapshot = router.snapshot if router else {}
     error = snapshot.get("error")
     operations = Operation.objects.filter(node=node, kind__in=(Operation.ROUTER_APPLY, Operation.ROUTER_REFRESH))
-    return render(request, "marketplace/rig_marketplace.html", {
+    context = {
         "node": node, "router": router, "snap": snapshot, "form": form, "needs_confirm": needs_confirm,
         "error": error, "error_text": ERROR_TEXT.get((error or {}).get("kind"), "The router's admin API failed"),
         "models_health": sorted((snapshot.get("models_health") or {}).items()),
-        "operations": operations.order_by("-pk")[:5]})
+        "operations": operations.order_by("-pk")[:5]}
+    for part in (chain_views, session_views, install_views):
+        context.update(part.panel_context(request, node, router))
+    return render(request, "marketplace/rig_marketplace.html", context)
 
 
 @login_required

@@ -281,6 +281,7 @@ class Operation(models.Model):
     LAUNCH, STOP, RESTART = "launch", "stop", "restart"
     BENCHMARK, CHAT = "benchmark", "chat"
     ROUTER_APPLY, ROUTER_REFRESH = "router_apply", "router_refresh"
+    ROUTER_CHAIN, ROUTER_INSTALL = "router_chain", "router_install"
     KIND_CHOICES = [
         (REFRESH_HARDWARE, "refresh hardware"),
         (PING, "ping agent"),
@@ -297,6 +298,8 @@ class Operation(models.Model):
         (CHAT, "try a prompt"),
         (ROUTER_APPLY, "start proxy-router"),
         (ROUTER_REFRESH, "read proxy-router"),
+        (ROUTER_CHAIN, "on-chain action"),
+        (ROUTER_INSTALL, "install proxy-router"),
     ]
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)

@@ -25,6 +25,8 @@ AGENT_TASKS = {
     Operation.CHAT: protocol.AGENT_CHAT_DEPLOYMENT,
     Operation.ROUTER_APPLY: protocol.AGENT_ROUTER_APPLY,
     Operation.ROUTER_REFRESH: protocol.AGENT_ROUTER_REFRESH,
+    Operation.ROUTER_CHAIN: protocol.AGENT_ROUTER_CHAIN,
+    Operation.ROUTER_INSTALL: protocol.AGENT_ROUTER_INSTALL,
 }
 
 

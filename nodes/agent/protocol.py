@@ -32,6 +32,12 @@ AGENT_CHAT_DEPLOYMENT = "agent.chat_deployment"  # "try it": one chat sent to th
 # a restart even when nothing changed (it cuts open sessions: the panel asks first).
 AGENT_ROUTER_APPLY = "agent.router_apply"
 AGENT_ROUTER_REFRESH = "agent.router_refresh"  # read the router's state now and report it
+# One on-chain action through the router's admin API (`action` one of ROUTER_CHAIN_ACTIONS, `params` its arguments,
+# amounts as integer strings in wei); the operation's result carries what the router returned (a model's real id).
+AGENT_ROUTER_CHAIN = "agent.router_chain"
+# Install a proxy-router release on the rig: `url` (https, or http on loopback) and its `sha256`; the file is kept
+# only when its digest matches, and the operation's result names the installed binary's path.
+AGENT_ROUTER_INSTALL = "agent.router_install"
 
 # task name → (takes an operation id, its keyword arguments: required, optional)
 COMMANDS = {
@@ -52,9 +58,12 @@ COMMANDS = {
     AGENT_CHAT_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
     AGENT_ROUTER_APPLY: (True, ("config",), ("restart",)),
     AGENT_ROUTER_REFRESH: (True, (), ()),
+    AGENT_ROUTER_CHAIN: (True, ("action", "params"), ()),
+    AGENT_ROUTER_INSTALL: (True, ("url", "sha256"), ()),
 }
 ROUTER_CONFIG_KEYS = ("network", "binary", "env", "models")
 ROUTER_NETWORKS = ("mainnet", "testnet")
+ROUTER_CHAIN_ACTIONS = ("approve", "register_provider", "register_model", "post_bid", "delete_bid")
 
 # Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
 SECRET_FIELDS = frozenset({"token", "api_key"})
