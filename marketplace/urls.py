@@ -14,4 +14,6 @@ urlpatterns += []
 urlpatterns += []
 
 # Installing a release (install_views).
-urlpatterns += []
+urlpatterns += [
+    path("rigs/<slug:name>/marketplace/install/", install_views.rig_router_install, name="rig_router_install"),
+]

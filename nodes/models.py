@@ -303,7 +303,7 @@ class Operation(models.Model):
     ]
     # Kinds a provider may start from the rig page with no further input.
     SIMPLE_KINDS = (REFRESH_HARDWARE, PING, SCAN_MODELS)
-    CANCELLABLE_KINDS = (DOWNLOAD_MODEL, BUILD_LLAMA, CHAT)
+    CANCELLABLE_KINDS = (DOWNLOAD_MODEL, BUILD_LLAMA, CHAT, ROUTER_INSTALL)
     QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (protocol.QUEUED, protocol.RUNNING, protocol.SUCCEEDED,
                                                      protocol.FAILED, protocol.CANCELLED)
     STATUS_CHOICES = [(s, s) for s in protocol.OPERATION_STATES]

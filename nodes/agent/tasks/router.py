@@ -60,6 +60,8 @@ def register(agent):
     def process_for(config):
         proc = holder["process"]
         if proc is None or proc.argv != [config["binary"]]:
+            if proc is not None and proc.is_running():  # another binary (a new release): the old one lets go first
+                proc.stop(f"replaced by {config['binary']}")
             proc = RouterProcess([config["binary"]], folder, agent.cfg.state_dir,
                                  on_exit=lambda event: log.warning("proxy-router exited: %s", event.get("exit")))
             holder["process"] = proc
