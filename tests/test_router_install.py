@@ -109,6 +109,7 @@ def server():
                                                 ("mor-launch/bin/proxy-router", BODY, 0o100755),
                                                 ("mor-launch/README.md", b"hello", 0o100644)]),
         "/release.tar.gz": tarred([("bin/proxy-router", BODY, "file"), ("bin/.env.example", b"X=1", "file")]),
+        "/permissions-only.zip": zipped([("proxy-router", BODY, 0o755)]),  # no file type bits, as some tools write
         "/traversal.zip": zipped([("../proxy-router", BODY, 0o100755)]),
         "/link.zip": zipped([("bin/proxy-router", b"/bin/sh", stat.S_IFLNK | 0o777)]),
         "/link.tar.gz": tarred([("bin/proxy-router", b"/bin/sh", "symlink")]),
@@ -185,7 +186,8 @@ def test_the_rig_refuses_bad_input_before_fetching_anything(server, tmp_path):
 
 
 # --- the rig: download, check, unpack --------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/proxy-router", "/mor-launch-linux-x86_64.zip", "/release.tar.gz"])
+@pytest.mark.parametrize("path", ["/proxy-router", "/mor-launch-linux-x86_64.zip", "/release.tar.gz",
+                                  "/permissions-only.zip"])
 def test_each_release_shape_installs_the_binary_alone(server, tmp_path, path):
     digest = sha(server.files[path])
     seen = []
@@ -253,6 +255,13 @@ def test_a_missing_file_or_a_redirect_to_plain_http_is_a_clear_failure(server, t
     with pytest.raises(ReleaseError, match="redirected the download to a http:// address that is not https"):
         install(server.url("/away"), sha(BODY), tmp_path)
     assert leftovers(tmp_path) == []
+
+
+def test_a_router_folder_the_agent_cannot_write_is_a_clear_failure(server, tmp_path):
+    (tmp_path / "releases").write_text("a file where the folder should be")
+    with pytest.raises(ReleaseError, match="could not install the release in"):
+        install(server.url("/proxy-router"), sha(BODY), tmp_path)
+    assert server.hits == {}
 
 
 def test_a_cancelled_install_stops_and_leaves_nothing(server, tmp_path):

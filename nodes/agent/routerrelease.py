@@ -224,8 +224,8 @@ def _from_zip(path, dest, max_bytes):
     try:
         with zipfile.ZipFile(path) as archive:
             member = _pick(archive.infolist(), lambda m: m.filename)
-            mode = member.external_attr >> 16
-            if member.is_dir() or stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode)):
+            kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the zip tool stored permissions only
+            if member.is_dir() or (kind and kind != stat.S_IFREG):
                 raise ReleaseError(f"{member.filename} in the archive is not a plain file (a link or a folder); "
                                    "refused")
             with archive.open(member) as source:
@@ -282,25 +282,22 @@ def install(url, sha256, router_dir, progress=None, cancel=None, max_bytes=MAX_R
     (InvalidValue for a URL or digest that breaks the rules, before any byte is fetched)."""
     url, sha256 = release_url(url), release_sha256(sha256)
     releases = Path(router_dir) / "releases"
-    releases.mkdir(parents=True, exist_ok=True)
-    done = _already(releases, sha256)
-    if done is not None:
-        return done
-    tracker = _Tracker(0, progress)
     final = releases / installed_name(sha256)
-    fd, partial = tempfile.mkstemp(dir=releases, prefix=".partial-")
-    partial = Path(partial)
-    binary_fd, staged = tempfile.mkstemp(dir=releases, prefix=f".{installed_name(sha256)}-")
-    staged = Path(staged)
+    partial = staged = None
     try:
+        releases.mkdir(parents=True, exist_ok=True)
+        done = _already(releases, sha256)
+        if done is not None:
+            return done
+        fd, partial = tempfile.mkstemp(dir=releases, prefix=".partial-")
         with os.fdopen(fd, "wb") as fh:
-            got, size = _fetch(url, fh, max_bytes, tracker, cancel, timeout)
+            got, size = _fetch(url, fh, max_bytes, _Tracker(0, progress), cancel, timeout)
         if got != sha256:
             raise ReleaseError(f"sha256 mismatch: expected {sha256} got {got}; the download was discarded and "
                                "nothing was installed")
         shape = _shape(partial)
-        with os.fdopen(binary_fd, "wb") as out:
-            binary_fd = None
+        fd, staged = tempfile.mkstemp(dir=releases, prefix=f".{installed_name(sha256)}-")
+        with os.fdopen(fd, "wb") as out:
             if shape == "zip":
                 written = _from_zip(partial, out, max_binary_bytes)
             elif shape == "tar":
@@ -321,9 +318,8 @@ def install(url, sha256, router_dir, progress=None, cancel=None, max_bytes=MAX_R
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ReleaseError("the rig's disk filled up installing the release; nothing was installed") from None
-        raise ReleaseError(f"could not install the release: {exc.strerror or exc}") from None
+        raise ReleaseError(f"could not install the release in {releases}: {exc.strerror or exc}") from None
     finally:
-        if binary_fd is not None:
-            os.close(binary_fd)
-        partial.unlink(missing_ok=True)
-        staged.unlink(missing_ok=True)
+        for leftover in (partial, staged):
+            if leftover is not None:
+                Path(leftover).unlink(missing_ok=True)
