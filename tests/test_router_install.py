@@ -22,6 +22,7 @@ from nodes.agent import protocol, routerrelease
 from nodes.agent.routerrelease import ReleaseError, install, release_sha256, release_url
 from nodes.agent.validation import InvalidValue
 from nodes.models import Operation
+from tests.harness import wait_until
 from tests.helpers import make_node, page, queued_messages, report
 
 BODY = b"\x7fELF" + os.urandom(3000)  # a "binary": the rig does not run it in these tests
@@ -60,10 +61,12 @@ def tarred(members):
 
 class ReleaseServer:
     """A real HTTP server on 127.0.0.1 serving `files` (path → bytes); `/short/<path>` promises more bytes than it
-    sends, `/away` redirects to plain http on another host. Counts the requests per path."""
+    sends, `/slow/<path>` sends 1 KB every 50 ms, `/away` redirects to plain http on another host. Counts the
+    requests per path."""
 
     def __init__(self, files):
         self.files, self.hits = dict(files), {}
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,8 +77,8 @@ class ReleaseServer:
                     self.send_header("Location", "http://downloads.example.com/proxy-router")
                     self.end_headers()
                     return
-                short = self.path.startswith("/short/")
-                data = server.files.get(self.path.removeprefix("/short") if short else self.path)
+                short, slow = self.path.startswith("/short/"), self.path.startswith("/slow/")
+                data = server.files.get(self.path.removeprefix("/short").removeprefix("/slow"))
                 if data is None:
                     self.send_error(404)
                     return
@@ -83,8 +86,18 @@ class ReleaseServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data) + (1000 if short else 0)))
                 self.end_headers()
-                self.wfile.write(data)
                 self.close_connection = True
+                if not slow:
+                    self.wfile.write(data)
+                    return
+                for start in range(0, len(data), 1024):
+                    if server.closing.wait(0.05):
+                        return
+                    try:
+                        self.wfile.write(data[start:start + 1024])
+                        self.wfile.flush()
+                    except OSError:  # the client hung up (a cancelled install)
+                        return
 
             def log_message(self, *args):
                 pass
@@ -97,6 +110,7 @@ class ReleaseServer:
         return f"http://127.0.0.1:{self.httpd.server_port}{path}"
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -381,7 +395,8 @@ def test_a_release_installed_through_the_panel_runs_as_the_rigs_router(rigs, ope
     old = channel._router_binary(tmp_path / "bin")
     script = old.read_bytes()  # the release's binary: a script that execs the router stand-in
     release = zipped([("mor-launch/", b"", 0o40755), ("mor-launch/proxy-router", script, 0o100755)])
-    served = ReleaseServer({"/mor-launch-linux-x86_64.zip": release})
+    big = os.urandom(400 * 1024)
+    served = ReleaseServer({"/mor-launch-linux-x86_64.zip": release, "/big/proxy-router": big})
     rigs.start("alpha", token, extra_env={"MORPHEUS_AGENT_ROUTER_DIR": str(router_dir)})
     broker = BrokerWatch(redis_url)
     pages = []
@@ -431,6 +446,20 @@ def test_a_release_installed_through_the_panel_runs_as_the_rigs_router(rigs, ope
         again = channel._finished(Operation.objects.filter(kind=Operation.ROUTER_INSTALL).order_by("-pk").first())
         assert again.status == Operation.SUCCEEDED and again.message.startswith("already installed")
         assert served.hits == {"/mor-launch-linux-x86_64.zip": 1}
+
+        # A slow download shows its progress and stops when cancelled, leaving nothing behind.
+        response = operator_client.post("/rigs/alpha/marketplace/install/",
+                                        {"url": served.url("/slow/big/proxy-router"), "sha256": sha(big)})
+        assert response.status_code == 302
+        slow = Operation.objects.filter(kind=Operation.ROUTER_INSTALL).order_by("-pk").first()
+        wait_until(lambda: (Operation.objects.get(pk=slow.pk).progress_done or 0) > 0, timeout=30,
+                   message="progress from the slow download")
+        assert Operation.objects.get(pk=slow.pk).progress_total == len(big)
+        assert operator_client.post(f"/operations/{slow.pk}/cancel/").status_code == 302
+        slow = channel._finished(slow)
+        assert slow.status == Operation.CANCELLED and "cancelled by the provider" in slow.message
+        assert sorted(p.name for p in (router_dir / "releases").iterdir()) == sorted(
+            [binary.name, f".{binary.name}.json"])
     finally:
         broker.close()
         served.close()

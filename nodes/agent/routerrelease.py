@@ -153,7 +153,7 @@ def _fetch(url, dest, max_bytes, tracker, cancel, timeout):
             while True:
                 if cancel is not None and cancel.is_set():
                     raise ReleaseCancelled("cancelled by the provider")
-                block = response.read(CHUNK)
+                block = response.read1(CHUNK)  # what has arrived: progress and cancel keep up on a slow link
                 if not block:
                     break
                 size += len(block)
