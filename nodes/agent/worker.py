@@ -301,9 +301,9 @@ def create_app(config):
     app = Celery("morpheus_agent", fixups=[])
     app.conf.update(BASE_SETTINGS, **transport.agent_celery_config(config.broker_url, config.node, config.token))
     agent = app.agent = Agent(app, config)
-    from .tasks import benchmarks, builds, chat, deployments, models, rig, router
+    from .tasks import benchmarks, builds, chat, deployments, models, rig, router, routerchain
 
-    for module in (rig, models, builds, deployments, benchmarks, chat, router):
+    for module in (rig, models, builds, deployments, benchmarks, chat, router, routerchain):
         module.register(agent)
     app.steps["consumer"].add(telemetry_step(agent))
     return app
