@@ -1,6 +1,8 @@
 """The on-chain action forms: amounts typed in MOR or wei, made exact wei by marketplace.chain.parse_amount, then the
 rig's own checks (chain.check) so a form refuses exactly what the rig would, with the rig's reason."""
 
+import re
+
 from django import forms
 
 from hosting.services import Refused
@@ -8,6 +10,9 @@ from marketplace import chain
 from nodes.agent.routeradmin import MODEL_MIN_STAKE, MODEL_TAGS, PROVIDER_MIN_STAKE
 
 UNIT_CHOICES = [(u, u) for u in chain.UNITS]
+HEX_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
+TITLES = {"approve": "Approve the marketplace contract", "register_provider": "Register or update the provider",
+          "register_model": "Register a model", "post_bid": "Post a bid", "delete_bid": "Delete a bid"}
 
 
 def amount_field(label, initial, help_text=""):
@@ -103,3 +108,17 @@ class DeleteBidForm(ChainForm):
 
 
 FORMS = {form.action: form for form in (ApproveForm, ProviderForm, ModelForm, BidForm, DeleteBidForm)}
+
+
+def initial(action, node, router, snapshot, model=None):
+    """A form's starting values: the rig's endpoint, the minimum stakes, the suggested price for the model."""
+    if action == "register_provider":
+        host = (node.hardware or {}).get("hostname") or node.name
+        return {"endpoint": f"{host}:{router.proxy_port if router else 3333}"}
+    if action == "post_bid":
+        models = chain.known_models(node, snapshot)
+        model = model.lower() if model and HEX_ID_RE.match(model) else next(iter(models), None)
+        if model is None:
+            return {}
+        return {"model_id": model, "price": str(chain.suggested_bid(node, model)[0]), "price_unit": "wei"}
+    return {}

@@ -1,7 +1,5 @@
 """On-chain actions through the rig's proxy-router: approve, provider, model, bids (each a confirmed operation)."""
 
-import re
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
@@ -9,28 +7,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from hosting.services import Refused
 from marketplace import chain
-from marketplace.chain_forms import FORMS
+from marketplace.chain_forms import FORMS, TITLES, initial
 from marketplace.models import Router
 from nodes.models import Node
 from nodes.permissions import is_operator, require_operator
-
-HEX_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
-TITLES = {"approve": "Approve the marketplace contract", "register_provider": "Register or update the provider",
-          "register_model": "Register a model", "post_bid": "Post a bid", "delete_bid": "Delete a bid"}
-
-
-def initial(action, node, router, snapshot, model=None):
-    """A form's starting values: the rig's endpoint, the minimum stakes, the suggested price for the model."""
-    if action == "register_provider":
-        host = (node.hardware or {}).get("hostname") or node.name
-        return {"endpoint": f"{host}:{router.proxy_port if router else 3333}"}
-    if action == "post_bid":
-        models = chain.known_models(node, snapshot)
-        model = model.lower() if model and HEX_ID_RE.match(model) else next(iter(models), None)
-        if model is None:
-            return {}
-        return {"model_id": model, "price": str(chain.suggested_bid(node, model)[0]), "price_unit": "wei"}
-    return {}
 
 
 def panel_context(request, node, router):
@@ -45,8 +25,10 @@ def panel_context(request, node, router):
     except Refused as exc:
         context["chain_refusal"] = str(exc)
         return context
-    context["chain_forms"] = [(action, TITLES[action], form(initial=initial(action, node, router, snapshot)))
-                              for action, form in FORMS.items() if action != "delete_bid"]
+    # Several forms on one page: each with its own element ids.
+    context["chain_forms"] = [
+        (action, TITLES[action], form(initial=initial(action, node, router, snapshot), auto_id=f"id_{action}_%s"))
+        for action, form in FORMS.items() if action != "delete_bid"]
     context["chain_models"] = sorted(chain.known_models(node, snapshot).items())
     return context
 
