@@ -163,6 +163,14 @@ def test_each_action_changes_the_chain_and_returns_what_the_router_returned(rig)
     no_secret(message, result)
 
 
+def test_a_secret_typed_into_a_value_never_goes_on_chain(rig):
+    before = chain(rig)
+    status, message, result = run_action(rig.folder, "register_model", {**GOOD["register_model"], "name": WALLET_KEY})
+    assert status == protocol.FAILED and "nothing sent" in message and "holds one of the rig's secrets" in message
+    assert chain(rig) == before
+    no_secret(message, result)
+
+
 def test_the_router_refusing_is_a_plain_failure_with_its_reason(rig):
     status, message, result = run_action(rig.folder, "delete_bid", {"bid_id": mid(999)})
     assert status == protocol.FAILED and result == {"error": "refused"}

@@ -106,6 +106,9 @@ def run_action(folder, action, params, tx_timeout=TX_TIMEOUT):
     hidden = secret_values(folder)
     try:
         clean = check_params(action, params)
+        typed = " ".join(str(value) for value in clean.values())
+        if any(secret in typed for secret in hidden):  # a chain is public and forever
+            raise InvalidValue("a value holds one of the rig's secrets (wallet key, cookie password, API key)")
         client = client_for(folder, tx_timeout=tx_timeout)
         message, result = send(client, folder, action, clean)
     except InvalidValue as exc:
