@@ -8,7 +8,9 @@ urlpatterns = [
 ]
 
 # On-chain actions (chain_views).
-urlpatterns += []
+urlpatterns += [
+    path("rigs/<slug:name>/marketplace/chain/<slug:action>/", chain_views.chain_action, name="rig_chain_action"),
+]
 
 # Sessions, earnings and the restart timeline (session_views).
 urlpatterns += []

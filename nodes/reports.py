@@ -372,6 +372,26 @@ def _router_health(models):
     return clean
 
 
+def _router_market(market):
+    """Competing bids per model: {model id: {count, lowest, median}}, at most 16 models, prices as wei strings."""
+    if market is None:
+        return {}
+    if not isinstance(market, dict) or len(market) > 16:
+        raise ReportError("market must be an object of at most 16 models")
+    clean = {}
+    for key, value in market.items():
+        key = _matching(key, HEX_ID_RE, "market model id")
+        if not isinstance(value, dict):
+            raise ReportError("a market entry must be an object")
+        count = _number(value, "count", 0, 10**6, integer=True)
+        lowest, median = _wei_text(value, "lowest"), _wei_text(value, "median")
+        if (count == 0) != (lowest is None) or (lowest is None) != (median is None) or \
+                (lowest is not None and int(lowest) > int(median)):
+            raise ReportError("a market entry needs lowest <= median when it counts bids, neither when it counts none")
+        clean[key] = {"count": count, "lowest": lowest, "median": median}
+    return clean
+
+
 def clean_router(payload):
     """The proxy-router's state on a rig (protocol.ROUTER_FIELDS): states from the protocol, amounts in wei as
     integer strings, addresses and ids 0x-hex, every list and text bounded."""
@@ -438,6 +458,7 @@ def clean_router(payload):
         "binary": _text(payload, "binary", 4096, required=False),
         "at": _number(payload, "at", 0, 10**11),
         "error": error,
+        "market": _router_market(payload.get("market")),
     }
 
 

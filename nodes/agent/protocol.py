@@ -84,6 +84,8 @@ ROUTER = "router"
 ROUTER_FIELDS = ("state", "pid", "message", "log", "restarts", "version", "health", "models_health", "wallet",
                  "mor_wei", "eth_wei", "provider", "models", "bids", "open_sessions", "config_models",
                  "unmanaged_keys", "network", "binary", "at", "error")
+# Competing bids per model ({model id: {count, lowest, median}}, wei strings, the provider's own left out).
+ROUTER_FIELDS += ("market",)
 
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

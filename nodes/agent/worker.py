@@ -301,9 +301,9 @@ def create_app(config):
     app = Celery("morpheus_agent", fixups=[])
     app.conf.update(BASE_SETTINGS, **transport.agent_celery_config(config.broker_url, config.node, config.token))
     agent = app.agent = Agent(app, config)
-    from .tasks import benchmarks, builds, chat, deployments, models, rig, router, routerinstall
+    from .tasks import benchmarks, builds, chat, deployments, models, rig, router, routerchain, routerinstall
 
-    for module in (rig, models, builds, deployments, benchmarks, chat, router, routerinstall):
+    for module in (rig, models, builds, deployments, benchmarks, chat, router, routerchain, routerinstall):
         module.register(agent)
     app.steps["consumer"].add(telemetry_step(agent))
     return app

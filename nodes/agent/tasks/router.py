@@ -17,6 +17,7 @@ from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, client_for,
                       unmanaged_keys, write_env, write_models_config)
 from ..supervisor import write_private
 from ..validation import InvalidValue
+from .routerchain import market
 
 log = logging.getLogger("morpheus.agent")
 HEALTH_WAIT = 45.0  # seconds an apply waits for /healthcheck before it reports the state it has
@@ -96,6 +97,7 @@ def register(agent):
                              if str(m.get("owner") or "").lower() == wallet.lower()][:64]
             out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
                            for b in client.provider_bids(wallet)][:64]
+            out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
             out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet) if s["open"])
         except RouterError as exc:
             out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
@@ -113,6 +115,8 @@ def register(agent):
         agent.send(protocol.ROUTER, report, durable=changed or force_durable,
                    expires=None if changed or force_durable else max(60.0, 2 * agent.cfg.inventory_interval))
         return report
+
+    agent.router_report = publish  # on-chain actions (tasks/routerchain.py) report the new state at once
 
     def watch():
         """Supervision (restarts with backoff) and the periodic report while a router is configured."""
