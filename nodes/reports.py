@@ -372,6 +372,40 @@ def _router_health(models):
     return clean
 
 
+MAX_ROUTER_SESSIONS = 64
+CHAIN_TIME_MAX = 10**11  # epoch seconds: year 5138; a rig sending more is lying
+
+
+def _router_sessions(payload):
+    """`sessions`, `claimable_wei` and `started_at` (nodes/agent/routersessions.py): at most 64 sessions with unique
+    0x-hex ids, addresses, wei as integer strings and times that make sense (opened before it ends or closed)."""
+    sessions = []
+    for item in _list(payload, "sessions", MAX_ROUTER_SESSIONS) if payload.get("sessions") is not None else []:
+        if not isinstance(item, dict):
+            raise ReportError("each session must be an object")
+        user = item.get("user")
+        session = {"id": _matching(item.get("id"), HEX_ID_RE, "session id"),
+                   "user": _matching(user, ADDRESS_RE, "session user") if user is not None else None,
+                   "model_id": _matching(item.get("model_id"), HEX_ID_RE, "session model id"),
+                   "bid_id": _matching(item.get("bid_id"), HEX_ID_RE, "session bid id"),
+                   "opened_at": _number(item, "opened_at", 1, CHAIN_TIME_MAX, integer=True),
+                   "ends_at": _number(item, "ends_at", 0, CHAIN_TIME_MAX, integer=True, required=False),
+                   "closed_at": _number(item, "closed_at", 1, CHAIN_TIME_MAX, integer=True, required=False),
+                   "price_per_second": _wei_text(item, "price_per_second", required=True),
+                   "stake": _wei_text(item, "stake"),
+                   "provider_withdrawn": _wei_text(item, "provider_withdrawn"),
+                   "claimable_wei": _wei_text(item, "claimable_wei")}
+        if session["closed_at"] is not None and session["closed_at"] < session["opened_at"]:
+            raise ReportError("a session closed before it opened")
+        if session["ends_at"] and session["ends_at"] < session["opened_at"]:
+            raise ReportError("a session ends before it opened")
+        sessions.append(session)
+    if len({s["id"] for s in sessions}) != len(sessions):
+        raise ReportError("a session is listed twice")
+    return {"sessions": sessions, "claimable_wei": _wei_text(payload, "claimable_wei"),
+            "started_at": _number(payload, "started_at", 0, CHAIN_TIME_MAX, required=False)}
+
+
 def clean_router(payload):
     """The proxy-router's state on a rig (protocol.ROUTER_FIELDS): states from the protocol, amounts in wei as
     integer strings, addresses and ids 0x-hex, every list and text bounded."""
@@ -438,6 +472,7 @@ def clean_router(payload):
         "binary": _text(payload, "binary", 4096, required=False),
         "at": _number(payload, "at", 0, 10**11),
         "error": error,
+        **_router_sessions(payload),
     }
 
 
