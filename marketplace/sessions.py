@@ -23,6 +23,7 @@ MAX_TIMELINE_EVENTS = 300
 # Chain times are block times, router events the rig's clock moved onto the panel's: a session the router ended as
 # it restarted may show as closed a moment before the restart.
 CUT_GRACE = timedelta(seconds=30)
+CHAIN_RESOLUTION = timedelta(seconds=1)  # block times are whole seconds: a session opened in the same second is after
 
 
 class SessionRow:
@@ -56,7 +57,7 @@ class SessionRow:
         return self.tokens == 0
 
     def was_open_at(self, moment, grace=timedelta(0)):
-        return self.row.opened_at < moment and (self.row.closed_at is None or self.row.closed_at >= moment - grace)
+        return self.row.opened_at + CHAIN_RESOLUTION <= moment and (self.row.closed_at is None or self.row.closed_at >= moment - grace)
 
 
 def _model_names(node, router):

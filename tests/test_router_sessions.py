@@ -18,6 +18,7 @@ from models_catalog.models import RigFile
 from nodes.agent.routeradmin import AdminClient
 from nodes.agent.routersessions import MAX_CLAIMS, sessions_fields
 from nodes.reports import ReportError, clean_router
+from tests.harness import wait_until
 from tests.helpers import free_port, make_node, page, report as handle_report
 from tests.routerkit import WALLET, StubProcess, mid, request, write_rig_folder
 
@@ -88,6 +89,42 @@ def test_a_hostile_sessions_report_is_refused(changes, why):
     payload.update(changes)
     with pytest.raises(ReportError, match=why):
         clean_router(payload)
+
+
+# --- the stand-in: sessions opened and closed at runtime, ended by a restart ---------------------------------------
+def test_the_stand_in_opens_and_closes_sessions_for_tests_and_a_restart_ends_the_open_ones(tmp_path):
+    web, proxy = free_port(), free_port()
+    folder = write_rig_folder(tmp_path / "rig", web, proxy, extra_env={"ROUTERSTUB_TEST_API": "1"})
+    stub = StubProcess(folder, web, proxy).start()
+    try:
+        base = stub.base
+        status, body = request("POST", base + "/test/sessions", {"model_id": mid(1), "claimable": "42"})
+        assert status == 200 and body["session"]["ClosedAt"] == 0
+        first = body["session"]["Id"]
+        second = request("POST", base + "/test/sessions", {"model_id": mid(1)})[1]["session"]["Id"]
+        assert request("POST", f"{base}/test/sessions/{second}/close")[1]["session"]["ClosedAt"] > 0
+        assert request("POST", f"{base}/test/sessions/{first}/claimable", {"balance": "43"})[0] == 200
+        assert request("POST", f"{base}/test/sessions/{mid(77)}/close")[0] == 404
+        assert request("POST", base + "/test/sessions", {"model_id": "0x12"})[0] == 400
+        assert request("POST", base + "/test/sessions", {"model_id": mid(1)}, auth=None)[0] == 401
+        listed = request("GET", f"{base}/blockchain/sessions/provider?provider={WALLET}&order=desc")[1]["sessions"]
+        assert [s["Id"] for s in listed] == [second, first]
+        assert request("GET", f"{base}/proxy/sessions/{first}/providerClaimableBalance")[1] == {"balance": "43"}
+        closed_at = listed[0]["ClosedAt"]
+        stub.stop()
+        stub.start()
+        after = {s["Id"]: s for s in request("GET", f"{base}/blockchain/sessions/provider?provider={WALLET}")[1][
+            "sessions"]}
+        assert after[first]["ClosedAt"] >= after[first]["OpenedAt"] > 0  # the restart ended it
+        assert after[second]["ClosedAt"] == closed_at  # already closed: untouched
+    finally:
+        stub.stop()
+    plain = write_rig_folder(tmp_path / "plain", web, proxy)
+    stub = StubProcess(plain, web, proxy).start()
+    try:
+        assert request("POST", stub.base + "/test/sessions", {"model_id": mid(1)})[0] == 404  # off unless asked
+    finally:
+        stub.stop()
 
 
 # --- read on the rig ------------------------------------------------------------------------------------------------
@@ -303,3 +340,78 @@ def test_the_page_takes_the_same_queries_for_many_sessions(viewer_client, alpha)
     assert text.count('id="session-0x') == 42
     assert len(many.captured_queries) == len(few.captured_queries), json.dumps(
         [q["sql"] for q in many.captured_queries], indent=1)
+
+
+# --- end to end: a real agent supervising the stand-in, through the panel ------------------------------------------
+@pytest.mark.integration
+def test_sessions_opened_on_the_router_show_with_their_claimable_and_a_panel_restart_shows_it_cut_them(
+        rigs, operator_client, redis_url, tmp_path):
+    from tests.test_integration_serving import BrokerWatch
+    from tests.test_router_channel import (COOKIE_PASSWORD, WALLET_KEY, _finished, _provider_env, _router_binary,
+                                           _snapshot, _stop_router)
+    from nodes.models import Operation
+
+    node, token = make_node("alpha")
+    router_dir, hooks = tmp_path / "router", tmp_path / "hooks.json"
+    _provider_env(router_dir, hooks)
+    with open(router_dir / ".env", "a") as env:
+        env.write("ROUTERSTUB_TEST_API=1\n")
+    binary = _router_binary(tmp_path / "bin")
+    rigs.start("alpha", token, extra_env={"MORPHEUS_AGENT_ROUTER_DIR": str(router_dir)})
+    broker = BrokerWatch(redis_url)
+    pages = []
+    try:
+        web_port = free_port()
+        form = {"binary": str(binary), "network": "testnet", "proxy_port": free_port(), "web_port": web_port}
+        assert operator_client.post("/rigs/alpha/marketplace/", form).status_code == 302
+        assert _finished(Operation.objects.get(kind=Operation.ROUTER_APPLY)).status == Operation.SUCCEEDED
+
+        # A consumer opens a session on the router: after the next report it is on the page with its claimable.
+        started = _snapshot(lambda s, r: s.get("started_at"), "the router's start").snapshot["started_at"]
+        wait_until(lambda: time.time() >= started + 1, timeout=5, message="a block after the router's start")
+        status, body = request("POST", f"http://127.0.0.1:{web_port}/test/sessions",
+                               {"model_id": mid(1), "claimable": str(7 * 10**15)})
+        assert status == 200, body
+        session_id = body["session"]["Id"]
+        assert operator_client.post("/rigs/alpha/marketplace/refresh/").status_code == 302
+        _snapshot(lambda s, r: [x["id"] for x in s.get("sessions") or []] == [session_id], "the session reported")
+        row = RouterSession.objects.get(node=node, session_id=session_id)
+        assert row.is_open and row.claimable_wei == str(7 * 10**15)
+        text = page(operator_client.get("/rigs/alpha/marketplace/sessions/"))
+        pages.append(text)
+        mine = text.split(f'id="session-{session_id}"')[1].split("</tr>")[0]
+        assert 'data-state="open"' in text and f'title="{7 * 10**15} wei">0.0070 MOR' in mine
+        assert "cut by a restart" not in mine and 'data-kind="router_started"' in text
+        summary = page(operator_client.get("/rigs/alpha/marketplace/"))
+        pages.append(summary)
+        assert "1</strong> open session" in summary and f'title="{7 * 10**15} wei"' in summary
+
+        # Restarted through the panel (asked first): the restart ends the open session, and the page says so. (Block
+        # times are whole seconds: the restart comes in a later second than the session's opening.)
+        wait_until(lambda: time.time() >= body["session"]["OpenedAt"] + 2, timeout=5, message="the next second")
+        first_start = Router.objects.get(node=node).snapshot["started_at"]
+        assert operator_client.post("/rigs/alpha/marketplace/", {**form, "confirm_restart": "on"}).status_code == 302
+        restart = Operation.objects.filter(kind=Operation.ROUTER_APPLY).order_by("-pk").first()
+        assert _finished(restart).status == Operation.SUCCEEDED, restart.message
+        _snapshot(lambda s, r: s.get("started_at") != first_start and s.get("sessions")
+                  and s["sessions"][0]["closed_at"], "the restarted router's report")
+        row.refresh_from_db()
+        assert row.closed_at is not None
+        assert RouterEvent.objects.filter(node=node, kind=RouterEvent.RESTARTED).count() == 1
+        text = page(operator_client.get("/rigs/alpha/marketplace/sessions/"))
+        pages.append(text)
+        mine = text.split(f'id="session-{session_id}"')[1].split("</tr>")[0]
+        events = list(RouterEvent.objects.values_list("kind", "at"))
+        assert "cut by a restart" in mine and 'title="router restarted at' in mine, (events, row.opened_at,
+                                                                                      row.closed_at)
+        kinds = re.findall(r'data-kind="(\w+)"', text.split('id="timeline"')[1])
+        assert kinds.index("router_restarted") < kinds.index("session_opened") < kinds.index("router_started")
+        assert "1 of the last 1 cut by a router restart" in page(operator_client.get("/rigs/alpha/marketplace/"))
+    finally:
+        broker.close()
+        _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
+
+    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()] + list(broker.texts())
+    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
+    for secret in (WALLET_KEY, COOKIE_PASSWORD):
+        assert not [t for t in seen if secret in t], secret
