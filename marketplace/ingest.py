@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from marketplace.models import Listing, Router, RouterEvent, RouterSession
+from nodes.models import Operation
 
 RUNNING_STATES = ("starting", "healthy", "degraded", "unresponsive")
 EXIT_STATES = ("backoff", "failed")
@@ -67,7 +68,8 @@ def record_events(rig, previous, report, now, seq):
     restarts, restarts_before = report.get("restarts") or 0, previous.get("restarts") or 0
     if started and (before is None or abs(started - before) > 0.001):
         kind = RouterEvent.RESTARTED if before is not None or restarts > restarts_before else RouterEvent.STARTED
-        events.append((rig_time(started, rig, now), kind, message))
+        at = rig_time(started, rig, now)
+        events.append((at, kind, _why_started(rig, at, previous.get("state")) or message))
     elif restarts > restarts_before and previous:
         count = restarts - restarts_before
         events.append((rig_time(report["at"], rig, now), RouterEvent.RESTARTED,
@@ -80,6 +82,19 @@ def record_events(rig, previous, report, now, seq):
     RouterEvent.objects.bulk_create([RouterEvent(node=rig, at=at, kind=kind, detail=detail, report_seq=seq)
                                      for at, kind, detail in events])
     _prune(RouterEvent.objects.filter(node=rig), MAX_EVENTS_PER_RIG, "-at")
+
+
+def _why_started(rig, at, state_before):
+    """Why the router started: after a crash, or asked from the panel (the apply operation sent shortly before)."""
+    if state_before == "backoff":
+        return "started again after a crash"
+    asked = (Operation.objects.filter(node=rig, kind=Operation.ROUTER_APPLY, created__lte=at + timedelta(seconds=5),
+                                      created__gte=at - timedelta(minutes=10))
+             .select_related("requested_by").order_by("-created").first())
+    if asked is not None:
+        who = asked.requested_by.get_username() if asked.requested_by else "the panel"
+        return f"asked from the panel by {who} (operation {asked.pk})"
+    return ""
 
 
 def _prune(rows, keep, order):

@@ -12,6 +12,7 @@ Everything is read in a fixed number of queries whatever the number of sessions;
 from collections import OrderedDict
 from datetime import timedelta
 
+from django.db.models import Subquery
 from django.utils import timezone
 
 from hosting.models import ServerExit
@@ -133,9 +134,12 @@ def _timeline(sessions, events, exits):
 
 
 def _summary(node, sessions):
+    """Open sessions, and the claimable total over the sessions the router listed in its latest report (each one's
+    last balance read): a session it no longer lists may have been claimed since, so it is not counted."""
     open_count = RouterSession.objects.filter(node=node, closed_at__isnull=True).count()
-    claimable = sum(int(v) for v in RouterSession.objects.filter(node=node).exclude(claimable_wei="")
-                    .values_list("claimable_wei", flat=True))
+    listed = RouterSession.objects.filter(node=node).order_by("-last_seen").values("last_seen")[:1]
+    claimable = sum(int(v) for v in RouterSession.objects.filter(node=node, last_seen=Subquery(listed))
+                    .exclude(claimable_wei="").values_list("claimable_wei", flat=True))
     return {"open": open_count, "claimable_wei": str(claimable), "cut": sum(s.cut_by is not None for s in sessions),
             "nothing": sum(s.delivered_nothing for s in sessions), "shown": len(sessions)}
 

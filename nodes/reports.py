@@ -6,6 +6,7 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 import json
 import math
 import re
+import time
 
 from nodes.agent import serving
 from nodes.agent.probe import MAX_LISTENING_PORTS
@@ -380,6 +381,7 @@ def _router_sessions(payload):
     """`sessions`, `claimable_wei` and `started_at` (nodes/agent/routersessions.py): at most 64 sessions with unique
     0x-hex ids, addresses, wei as integer strings and times that make sense (opened before it ends or closed)."""
     sessions = []
+    soon = int(time.time()) + 86400  # a block time further ahead than a day is made up
     for item in _list(payload, "sessions", MAX_ROUTER_SESSIONS) if payload.get("sessions") is not None else []:
         if not isinstance(item, dict):
             raise ReportError("each session must be an object")
@@ -388,9 +390,9 @@ def _router_sessions(payload):
                    "user": _matching(user, ADDRESS_RE, "session user") if user is not None else None,
                    "model_id": _matching(item.get("model_id"), HEX_ID_RE, "session model id"),
                    "bid_id": _matching(item.get("bid_id"), HEX_ID_RE, "session bid id"),
-                   "opened_at": _number(item, "opened_at", 1, CHAIN_TIME_MAX, integer=True),
+                   "opened_at": _number(item, "opened_at", 1, soon, integer=True),
                    "ends_at": _number(item, "ends_at", 0, CHAIN_TIME_MAX, integer=True, required=False),
-                   "closed_at": _number(item, "closed_at", 1, CHAIN_TIME_MAX, integer=True, required=False),
+                   "closed_at": _number(item, "closed_at", 1, soon, integer=True, required=False),
                    "price_per_second": _wei_text(item, "price_per_second", required=True),
                    "stake": _wei_text(item, "stake"),
                    "provider_withdrawn": _wei_text(item, "provider_withdrawn"),

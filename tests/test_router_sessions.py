@@ -17,6 +17,7 @@ from marketplace.models import Listing, Router, RouterEvent, RouterSession
 from models_catalog.models import RigFile
 from nodes.agent.routeradmin import AdminClient
 from nodes.agent.routersessions import MAX_CLAIMS, sessions_fields
+from nodes.models import Operation
 from nodes.reports import ReportError, clean_router
 from tests.harness import wait_until
 from tests.helpers import free_port, make_node, page, report as handle_report
@@ -69,6 +70,8 @@ def test_good_sessions_are_kept_with_exact_wei_and_lowercase_ids():
     ({"opened_at": 1.5}, "opened_at must be a whole number"),
     ({"closed_at": NOW - 3600}, "closed before it opened"),
     ({"ends_at": 5}, "ends before it opened"),
+    ({"opened_at": NOW + 3 * 86400}, "opened_at=.* is outside"),
+    ({"closed_at": NOW + 3 * 86400}, "closed_at=.* is outside"),
 ])
 def test_a_hostile_session_is_refused_with_the_reason(changes, why):
     with pytest.raises(ReportError, match=why):
@@ -236,18 +239,21 @@ def test_tokens_are_not_counted_across_a_server_restart_or_from_stale_metrics(al
     assert rows[mid(9)].tokens_at_open is None and "too late" in rows[mid(9)].tokens_note
 
 
-def test_router_starts_restarts_and_exits_are_recorded_once(alpha):
+def test_router_starts_restarts_and_exits_are_recorded_once_and_say_why(alpha, operator):
     send(alpha, 1, started_at=NOW - 600, at=NOW - 590)
     send(alpha, 2, started_at=NOW - 600, at=NOW - 500)  # the same process: nothing new
     send(alpha, 3, started_at=NOW - 600, at=NOW - 400, state="backoff", pid=None,
          message="proxy-router crashed (SIGKILL)")
     send(alpha, 4, started_at=NOW - 100, at=NOW - 90, restarts=1, message="launched pid 5")
     send(alpha, 5, started_at=NOW - 100, at=NOW - 80, restarts=1, state="degraded")
-    send(alpha, 6, started_at=NOW - 50, at=NOW - 40, restarts=2, message="restarted by the panel: asked to")
+    asked = Operation.objects.create(node=alpha[0], kind=Operation.ROUTER_APPLY, requested_by=operator,
+                                     created=timezone.now() - timedelta(seconds=55))
+    send(alpha, 6, started_at=NOW - 50, at=NOW - 40, restarts=2, message="launched pid 6")
     send(alpha, 4, started_at=NOW - 5, at=NOW, restarts=9)  # an older report: ignored
     kinds = list(RouterEvent.objects.filter(node=alpha[0]).order_by("at", "id").values_list("kind", "detail"))
     assert kinds == [("router_started", "healthy"), ("router_exited", "proxy-router crashed (SIGKILL)"),
-                     ("router_restarted", "launched pid 5"), ("router_restarted", "restarted by the panel: asked to")]
+                     ("router_restarted", "started again after a crash"),
+                     ("router_restarted", f"asked from the panel by olga (operation {asked.pk})")]
     assert not RouterEvent.objects.exclude(node=alpha[0]).exists()
 
 
@@ -324,6 +330,15 @@ def test_the_marketplace_page_sums_up_the_sessions_and_links_to_them(viewer_clie
     assert "1</strong> open session" in text and "cut by a router restart" in text
 
 
+def test_the_claimable_total_counts_the_sessions_the_router_still_lists(viewer_client, alpha):
+    Router.objects.create(node=alpha[0], binary_path="/opt/r", state="healthy")
+    send(alpha, 1, [session(1, claimable="5"), session(2, claimable="7")])
+    send(alpha, 2, [session(1, claimable=None)])  # session 2 gone from the list (claimed, or too old to list)
+    text = page(viewer_client.get("/rigs/alpha/marketplace/sessions/"))
+    assert 'title="5 wei"' in text.split('id="sessions-summary"')[1].split("</p>")[0]
+    assert 'title="7 wei"' in text.split(f'id="session-{mid(2)}"')[1].split("</tr>")[0]
+
+
 def test_the_page_takes_the_same_queries_for_many_sessions(viewer_client, alpha):
     deployment = published(alpha[0])
     history(alpha[0], 1, deployment=deployment)
@@ -349,7 +364,6 @@ def test_sessions_opened_on_the_router_show_with_their_claimable_and_a_panel_res
     from tests.test_integration_serving import BrokerWatch
     from tests.test_router_channel import (COOKIE_PASSWORD, WALLET_KEY, _finished, _provider_env, _router_binary,
                                            _snapshot, _stop_router)
-    from nodes.models import Operation
 
     node, token = make_node("alpha")
     router_dir, hooks = tmp_path / "router", tmp_path / "hooks.json"
@@ -404,6 +418,7 @@ def test_sessions_opened_on_the_router_show_with_their_claimable_and_a_panel_res
         events = list(RouterEvent.objects.values_list("kind", "at"))
         assert "cut by a restart" in mine and 'title="router restarted at' in mine, (events, row.opened_at,
                                                                                       row.closed_at)
+        assert f"asked from the panel by {restart.requested_by.username} (operation {restart.pk})" in mine
         kinds = re.findall(r'data-kind="(\w+)"', text.split('id="timeline"')[1])
         assert kinds.index("router_restarted") < kinds.index("session_opened") < kinds.index("router_started")
         assert "1 of the last 1 cut by a router restart" in page(operator_client.get("/rigs/alpha/marketplace/"))
