@@ -27,6 +27,11 @@ CUT_GRACE = timedelta(seconds=30)
 CHAIN_RESOLUTION = timedelta(seconds=1)  # block times are whole seconds: a session opened in the same second is after
 
 
+def short(value):
+    """0x1234…cdef: enough of an id or address to tell two apart on a page (the whole one on hover)."""
+    return f"{value[:6]}…{value[-4:]}" if value and len(value) > 12 else value
+
+
 class SessionRow:
     """A RouterSession with what the page says about it."""
 
@@ -45,6 +50,18 @@ class SessionRow:
             current = (deployment.serving or {}).get("tokens_generated")
             if isinstance(current, int) and current >= row.tokens_at_open:
                 self.tokens_so_far = current - row.tokens_at_open
+
+    @property
+    def short_id(self):
+        return short(self.row.session_id)
+
+    @property
+    def short_model(self):
+        return short(self.row.model_id)
+
+    @property
+    def short_user(self):
+        return short(self.row.user)
 
     def __getattr__(self, name):
         return getattr(self.row, name)
@@ -103,6 +120,7 @@ def _groups(sessions, names):
     for s in sessions:
         key = (s.row.model_id, s.row.bid_id)
         group = groups.setdefault(key, {"model_id": key[0], "bid_id": key[1], "name": names.get(key[0]) or "",
+                                        "short_model": short(key[0]), "short_bid": short(key[1]),
                                         "price_per_second": s.row.price_per_second, "open": 0, "closed": 0,
                                         "duration": timedelta(0), "tokens": None, "claimable": 0, "cut": 0,
                                         "nothing": 0})
