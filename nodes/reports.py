@@ -360,19 +360,6 @@ def _matching(value, regex, what):
     return value.lower()
 
 
-def _router_health(models):
-    """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
-    if not isinstance(models, dict) or len(models) > 64:
-        raise ReportError("models_health must be an object of at most 64 models")
-    clean = {}
-    for key, value in models.items():
-        status = value.get("status") if isinstance(value, dict) else value
-        if not isinstance(key, str) or len(key) > 100:
-            raise ReportError("models_health keys must be model ids")
-        clean[key] = status if status in MODEL_HEALTH else "unknown"
-    return clean
-
-
 MAX_ROUTER_SESSIONS = 64
 CHAIN_TIME_MAX = 10**11  # epoch seconds: year 5138; a rig sending more is lying
 
@@ -406,6 +393,19 @@ def _router_sessions(payload):
         raise ReportError("a session is listed twice")
     return {"sessions": sessions, "claimable_wei": _wei_text(payload, "claimable_wei"),
             "started_at": _number(payload, "started_at", 0, CHAIN_TIME_MAX, required=False)}
+
+
+def _router_health(models):
+    """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
+    if not isinstance(models, dict) or len(models) > 64:
+        raise ReportError("models_health must be an object of at most 64 models")
+    clean = {}
+    for key, value in models.items():
+        status = value.get("status") if isinstance(value, dict) else value
+        if not isinstance(key, str) or len(key) > 100:
+            raise ReportError("models_health keys must be model ids")
+        clean[key] = status if status in MODEL_HEALTH else "unknown"
+    return clean
 
 
 def clean_router(payload):
@@ -454,6 +454,7 @@ def clean_router(payload):
         error = {"kind": error["kind"], "reason": _text(error, "reason", 500, required=False)}
     return {
         "state": state,
+        **_router_sessions(payload),
         "pid": _number(payload, "pid", 1, 2**32, integer=True, required=False),
         "message": _text(payload, "message", 4000, required=False),
         "log": log_tail[-8000:],
@@ -474,7 +475,6 @@ def clean_router(payload):
         "binary": _text(payload, "binary", 4096, required=False),
         "at": _number(payload, "at", 0, 10**11),
         "error": error,
-        **_router_sessions(payload),
     }
 
 

@@ -84,6 +84,7 @@ ROUTER = "router"
 ROUTER_FIELDS = ("state", "pid", "message", "log", "restarts", "version", "health", "models_health", "wallet",
                  "mor_wei", "eth_wei", "provider", "models", "bids", "open_sessions", "config_models",
                  "unmanaged_keys", "network", "binary", "at", "error")
+
 # The provider's sessions (newest, open ones first, at most 64, each with its claimable balance where read), their
 # claimable total, and when the running router process started (epoch seconds, the rig's clock).
 ROUTER_FIELDS += ("sessions", "claimable_wei", "started_at")
