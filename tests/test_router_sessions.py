@@ -239,6 +239,26 @@ def test_tokens_are_not_counted_across_a_server_restart_or_from_stale_metrics(al
     assert rows[mid(9)].tokens_at_open is None and "too late" in rows[mid(9)].tokens_note
 
 
+def test_a_rig_inventing_sessions_cannot_fill_the_database(alpha, monkeypatch):
+    from marketplace import ingest
+
+    monkeypatch.setattr(ingest, "MAX_SESSIONS_PER_RIG", 5)
+    send(alpha, 1, [session(n, opened_at=NOW - 1000 + n) for n in range(4)])
+    send(alpha, 2, [session(n, opened_at=NOW - 1000 + n) for n in range(4, 8)])
+    kept = sorted(RouterSession.objects.filter(node=alpha[0]).values_list("session_id", flat=True))
+    assert kept == [mid(n) for n in range(3, 8)]  # the newest
+
+
+def test_an_open_session_shows_the_tokens_served_so_far(viewer_client, alpha):
+    deployment = published(alpha[0])
+    Router.objects.create(node=alpha[0], binary_path="/opt/r", state="healthy")
+    serving(deployment, 100)
+    send(alpha, 1, [session(1)])
+    serving(deployment, 160)
+    text = page(viewer_client.get("/rigs/alpha/marketplace/sessions/"))
+    assert "60 so far" in text.split(f'id="session-{mid(1)}"')[1].split("</tr>")[0]
+
+
 def test_router_starts_restarts_and_exits_are_recorded_once_and_say_why(alpha, operator):
     send(alpha, 1, started_at=NOW - 600, at=NOW - 590)
     send(alpha, 2, started_at=NOW - 600, at=NOW - 500)  # the same process: nothing new
