@@ -13,7 +13,9 @@ urlpatterns += [
 ]
 
 # Sessions, earnings and the restart timeline (session_views).
-urlpatterns += []
+urlpatterns += [
+    path("rigs/<slug:name>/marketplace/sessions/", session_views.rig_sessions, name="rig_sessions"),
+]
 
 # Installing a release (install_views).
 urlpatterns += [

@@ -6,6 +6,7 @@ Plain Python (no Django) so the rules are readable in one place and testable alo
 import json
 import math
 import re
+import time
 
 from nodes.agent import serving
 from nodes.agent.probe import MAX_LISTENING_PORTS
@@ -359,6 +360,41 @@ def _matching(value, regex, what):
     return value.lower()
 
 
+MAX_ROUTER_SESSIONS = 64
+CHAIN_TIME_MAX = 10**11  # epoch seconds: year 5138; a rig sending more is lying
+
+
+def _router_sessions(payload):
+    """`sessions`, `claimable_wei` and `started_at` (nodes/agent/routersessions.py): at most 64 sessions with unique
+    0x-hex ids, addresses, wei as integer strings and times that make sense (opened before it ends or closed)."""
+    sessions = []
+    soon = int(time.time()) + 86400  # a block time further ahead than a day is made up
+    for item in _list(payload, "sessions", MAX_ROUTER_SESSIONS) if payload.get("sessions") is not None else []:
+        if not isinstance(item, dict):
+            raise ReportError("each session must be an object")
+        user = item.get("user")
+        session = {"id": _matching(item.get("id"), HEX_ID_RE, "session id"),
+                   "user": _matching(user, ADDRESS_RE, "session user") if user is not None else None,
+                   "model_id": _matching(item.get("model_id"), HEX_ID_RE, "session model id"),
+                   "bid_id": _matching(item.get("bid_id"), HEX_ID_RE, "session bid id"),
+                   "opened_at": _number(item, "opened_at", 1, soon, integer=True),
+                   "ends_at": _number(item, "ends_at", 0, CHAIN_TIME_MAX, integer=True, required=False),
+                   "closed_at": _number(item, "closed_at", 1, soon, integer=True, required=False),
+                   "price_per_second": _wei_text(item, "price_per_second", required=True),
+                   "stake": _wei_text(item, "stake"),
+                   "provider_withdrawn": _wei_text(item, "provider_withdrawn"),
+                   "claimable_wei": _wei_text(item, "claimable_wei")}
+        if session["closed_at"] is not None and session["closed_at"] < session["opened_at"]:
+            raise ReportError("a session closed before it opened")
+        if session["ends_at"] and session["ends_at"] < session["opened_at"]:
+            raise ReportError("a session ends before it opened")
+        sessions.append(session)
+    if len({s["id"] for s in sessions}) != len(sessions):
+        raise ReportError("a session is listed twice")
+    return {"sessions": sessions, "claimable_wei": _wei_text(payload, "claimable_wei"),
+            "started_at": _number(payload, "started_at", 0, CHAIN_TIME_MAX, required=False)}
+
+
 def _router_health(models):
     """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
     if not isinstance(models, dict) or len(models) > 64:
@@ -438,6 +474,7 @@ def clean_router(payload):
         error = {"kind": error["kind"], "reason": _text(error, "reason", 500, required=False)}
     return {
         "state": state,
+        **_router_sessions(payload),
         "pid": _number(payload, "pid", 1, 2**32, integer=True, required=False),
         "message": _text(payload, "message", 4000, required=False),
         "log": log_tail[-8000:],

@@ -21,7 +21,12 @@ MORPHEUS.md and the router's source say the real one does, as far as a provider'
 Test hooks (environment or .env): ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
 {"/path": 429 | 500 | "malformed" | "sleep:SECONDS"}, ROUTERSTUB_HOOKS_FILE = a JSON file re-read on every
 request with the same two keys ({"degraded": true, "faults": {...}}), ROUTERSTUB_VERSION, ROUTERSTUB_WALLET
-(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY).
+(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY), ROUTERSTUB_TEST_API=1 (test-only routes that
+open and close sessions and set their claimable balance: POST /test/sessions {"model_id", "bid_id", "user",
+"price_per_second", "claimable"}, POST /test/sessions/<id>/close, POST /test/sessions/<id>/claimable {"balance"}).
+
+Like the real router, a restart ends the open sessions: when it starts on a chain it kept (PROXY_STORAGE_PATH), every
+open session of its provider is closed (ClosedAt = now).
 """
 
 import argparse
@@ -152,6 +157,7 @@ class Config:
         self.faults = json.loads(get("ROUTERSTUB_FAULTS") or "{}")
         self.hooks_file = get("ROUTERSTUB_HOOKS_FILE")
         self.seed = get("ROUTERSTUB_CHAIN")
+        self.test_api = get("ROUTERSTUB_TEST_API", "") in ("1", "true")
 
     def _host_port(self, name):
         value = self.env.get(name, "")
@@ -204,6 +210,7 @@ class Chain:
 
     def __init__(self, path, wallet, seed_path=None):
         self.path, self.wallet, self.lock = path, wallet.lower(), threading.Lock()
+        self.restored = os.path.exists(path)  # kept from a previous run: this start is a restart
         if os.path.exists(path):
             data = json.load(open(path))
         elif seed_path:
@@ -284,6 +291,8 @@ class Router:
         os.makedirs(config.storage, exist_ok=True)
         self.chain = Chain(os.path.join(config.storage, "stub-chain.json"), config.wallet, config.seed)
         self.started = time.time()
+        if self.chain.restored:
+            self.end_open_sessions()
 
     # -- health
     def model_health(self):
@@ -340,7 +349,65 @@ class Router:
             ("GET", r"/blockchain/sessions/provider", self.provider_sessions),
             ("GET", r"/proxy/sessions/(?P<id>[^/]+)/providerClaimableBalance", self.claimable),
             ("POST", r"/v1/chat/completions", self.chat),
+            ("POST", r"/test/sessions", self.test_open_session),
+            ("POST", r"/test/sessions/(?P<id>[^/]+)/close", self.test_close_session),
+            ("POST", r"/test/sessions/(?P<id>[^/]+)/claimable", self.test_set_claimable),
         ]
+
+    # -- sessions: a restart ends them; tests open and close them (ROUTERSTUB_TEST_API=1)
+    def end_open_sessions(self):
+        """What a real restart does to the provider's open sessions: they end now."""
+        now = int(time.time())
+        for session in self.chain.sessions:
+            if session["Provider"].lower() == self.chain.wallet and not int(session.get("ClosedAt") or 0):
+                session["ClosedAt"] = now
+        self.chain.save()
+
+    def _test_api(self):
+        if not self.config.test_api:
+            raise Refused(404, "404 page not found")
+
+    def _session(self, m):
+        self._test_api()
+        found = next((s for s in self.chain.sessions if HEX32.match(m["id"]) and hex_key(s["Id"]) == hex_key(
+            m["id"])), None)
+        if found is None:
+            raise Refused(404, f"session not found: {m['id']}")
+        return found
+
+    def test_open_session(self, m, q, b):
+        """A consumer opens a session on one of this provider's bids (its model and price) for `duration` seconds."""
+        self._test_api()
+        bid = self.chain.bids.get(hex_key(b.get("bid_id") or "")) if HEX32.match(b.get("bid_id") or "") else None
+        model_id = hex_key(b.get("model_id") or (bid or {}).get("ModelAgentId") or "")
+        if not HEX32.match(model_id):
+            raise Refused(400, "model_id (0x + 64 hex) or the bid_id of an existing bid is required")
+        now = int(time.time())
+        session_id = hash_id("session", self.chain.wallet, model_id, str(self.chain.nonce), str(time.time_ns()))
+        self.chain.nonce += 1
+        session = {"Id": session_id, "User": b.get("user") or "0x" + "ee" * 20, "Provider": self.config.wallet,
+                   "ModelAgentId": model_id,
+                   "BidID": (bid or {}).get("Id") or b.get("bid_id") or hash_id("bid", model_id),
+                   "Stake": str(big(b.get("stake", "1000000000000000000"), "Stake")),
+                   "PricePerSecond": str(big(b.get("price_per_second") or (bid or {}).get("PricePerSecond")
+                                             or PRICE_FLOOR, "PricePerSecond")),
+                   "CloseoutReceipt": "", "CloseoutType": 0, "ProviderWithdrawnAmount": 0, "OpenedAt": now,
+                   "EndsAt": now + int(big(b.get("duration", 3600), "duration")), "ClosedAt": 0}
+        self.chain.sessions.append(session)
+        if b.get("claimable") is not None:
+            self.chain.claimable[session_id] = big(b["claimable"], "claimable")
+        return 200, {"session": session}
+
+    def test_close_session(self, m, q, b):
+        session = self._session(m)
+        if not int(session.get("ClosedAt") or 0):
+            session["ClosedAt"] = int(time.time())
+        return 200, {"session": session}
+
+    def test_set_claimable(self, m, q, b):
+        session = self._session(m)
+        self.chain.claimable[hex_key(session["Id"])] = big(b.get("balance"), "balance")
+        return 200, {"balance": str(self.chain.claimable[hex_key(session["Id"])])}
 
     def sanitized_config(self):
         hidden = ("WALLET_PRIVATE_KEY", "COOKIE_CONTENT", "ETH_NODE_ADDRESS")

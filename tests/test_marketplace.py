@@ -18,6 +18,7 @@ MID = "0x" + "ab" * 32
 
 def report(**changes):
     data = {"state": "healthy", "pid": 4242, "message": "healthy", "log": "started", "restarts": 0,
+            "sessions": [], "claimable_wei": None, "started_at": 1_789_999_000.0,
             "version": "v7.11.0", "health": "healthy", "models_health": {MID: {"status": "healthy"}},
             "wallet": WALLET, "mor_wei": str(3 * 10**18), "eth_wei": "10000000000000000",
             "provider": {"address": WALLET, "endpoint": "rig.example.com:3333", "stake": str(2 * 10**17)},

@@ -87,6 +87,10 @@ ROUTER_FIELDS = ("state", "pid", "message", "log", "restarts", "version", "healt
 # Competing bids per model ({model id: {count, lowest, median}}, wei strings, the provider's own left out).
 ROUTER_FIELDS += ("market",)
 
+# The provider's sessions (newest, open ones first, at most 64, each with its claimable balance where read), their
+# claimable total, and when the running router process started (epoch seconds, the rig's clock).
+ROUTER_FIELDS += ("sessions", "claimable_wei", "started_at")
+
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 OPERATION_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)

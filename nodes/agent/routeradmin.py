@@ -315,8 +315,10 @@ class AdminClient:
         path = f"/blockchain/models/{model_id(model)}/bids" + ("/active" if active else "")
         return [bid_record(b) for b in _list(self.call("GET", path, {"limit": limit})[1], "bids", "bid list")]
 
-    def provider_sessions(self, provider, limit=255):
-        body = self.call("GET", "/blockchain/sessions/provider", {"provider": address(provider), "limit": limit})[1]
+    def provider_sessions(self, provider, limit=255, order="asc"):
+        """The provider's sessions; order "desc" gives the newest first (a busy provider has more than `limit`)."""
+        query = {"provider": address(provider), "limit": limit, "order": "desc" if order == "desc" else "asc"}
+        body = self.call("GET", "/blockchain/sessions/provider", query)[1]
         return [session_record(s) for s in _list(body, "sessions", "session list")]
 
     def claimable_balance(self, session_id):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import protocol
 from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, client_for, default_env, mask, secret_values,
                       unmanaged_keys, write_env, write_models_config)
+from ..routersessions import sessions_fields
 from ..supervisor import write_private
 from ..validation import InvalidValue
 from .routerchain import market
@@ -80,6 +81,7 @@ def register(agent):
                "provider": None, "models": [], "bids": [], "open_sessions": None,
                "config_models": config.get("models", []), "unmanaged_keys": unmanaged_keys(folder / ".env"),
                "network": config.get("network"), "binary": config.get("binary"), "at": agent.clock(), "error": None}
+        out.update(sessions_fields(lambda: client_for(folder), base, holder))
         if base["state"] not in (HEALTHY, DEGRADED):
             return out
         try:
