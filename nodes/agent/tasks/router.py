@@ -100,7 +100,7 @@ def register(agent):
             out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
                            for b in client.provider_bids(wallet)][:64]
             out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
-            out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet) if s["open"])
+            out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
         except RouterError as exc:
             out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
         except InvalidValue as exc:
