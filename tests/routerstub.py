@@ -21,7 +21,8 @@ MORPHEUS.md and the router's source say the real one does, as far as a provider'
 Test hooks (environment or .env): ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
 {"/path": 429 | 500 | "malformed" | "sleep:SECONDS"}, ROUTERSTUB_HOOKS_FILE = a JSON file re-read on every
 request with the same two keys ({"degraded": true, "faults": {...}}), ROUTERSTUB_VERSION, ROUTERSTUB_WALLET
-(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY).
+(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY), ROUTERSTUB_RELOAD=1 (the proposed
+POST /config/models/reload route).
 """
 
 import argparse
@@ -340,7 +341,26 @@ class Router:
             ("GET", r"/blockchain/sessions/provider", self.provider_sessions),
             ("GET", r"/proxy/sessions/(?P<id>[^/]+)/providerClaimableBalance", self.claimable),
             ("POST", r"/v1/chat/completions", self.chat),
+            *self.reload_route(),
         ]
+
+    def reload_route(self):
+        """POST /config/models/reload as proposed upstream (PR #887), only with ROUTERSTUB_RELOAD=1: a router without
+        it answers gin's plain 404, as released routers do."""
+        if self.config.env.get("ROUTERSTUB_RELOAD") not in ("1", "true"):
+            return []
+        return [("POST", r"/config/models/reload", self.reload_models)]
+
+    def reload_models(self, m, q, b):
+        """Re-read models-config.json; a file that breaks the schema is refused and the models in force are kept."""
+        try:
+            models = self.config.load_models()
+        except (StartError, OSError) as exc:
+            raise Refused(400, f"models config reload failed: {exc}") from None
+        added, removed = sorted(set(models) - set(self.models)), sorted(set(self.models) - set(models))
+        self.models = models
+        print(f"proxy-router stub: models reloaded, {len(models)} configured", flush=True)
+        return 200, {"added": added, "removed": removed, "healthSweepQueued": True}
 
     def sanitized_config(self):
         hidden = ("WALLET_PRIVATE_KEY", "COOKIE_CONTENT", "ETH_NODE_ADDRESS")

@@ -25,6 +25,7 @@ def report(**changes):
             "bids": [{"id": MID, "model_id": MID, "price_per_second": "10000000000"}], "open_sessions": 2,
             "config_models": [], "unmanaged_keys": ["WALLET_PRIVATE_KEY"], "network": "testnet",
             "binary": "/opt/morpheus/proxy-router", "at": 1_790_000_000.0, "error": None}
+    data.update(proxy_listening=True, reload_supported=None)  # publishing's fields
     data.update(changes)
     return data
 
