@@ -106,12 +106,16 @@ def default_model_name(deployment):
     return name[:-5] if name.lower().endswith(".gguf") else name
 
 
-def save_listing(deployment, user, router, model_id, model_name, concurrent_slots=None, capacity_policy="simple"):
-    """Create or change the deployment's Listing, every value checked first; nothing is sent to the rig here."""
-    node = deployment.node
+def check_router(node, router):
     if router is None:
         raise Refused(f"{node.name} has no proxy-router yet: start one on the rig's Marketplace page "
                       f"(/rigs/{node.name}/marketplace/), then publish")
+
+
+def save_listing(deployment, user, router, model_id, model_name, concurrent_slots=None, capacity_policy="simple"):
+    """Create or change the deployment's Listing, every value checked first; nothing is sent to the rig here."""
+    node = deployment.node
+    check_router(node, router)
     model_id = check_model_id(model_id)
     model_name = (model_name or "").strip()
     if not model_name or len(model_name) > 200 or any(c < " " for c in model_name):

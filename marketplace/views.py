@@ -141,6 +141,10 @@ def deployment_publish(request, pk):
     form = context["sell_form"]
     if request.method == "POST":
         require_operator(request)
+        try:
+            publishing.check_router(deployment.node, router)
+        except services.Refused as exc:
+            form.add_error(None, f"Not published: {exc}")
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -172,7 +176,7 @@ def deployment_unpublish(request, pk):
     deployment = _deployment(pk)
     listing = get_object_or_404(Listing, deployment=deployment)
     router = Router.objects.filter(node=deployment.node).first()
-    form = ConfirmRestartForm(request.POST or None)
+    form = ConfirmRestartForm(request.POST if request.method == "POST" else None)  # an empty POST is a POST
     if request.method == "POST" and form.is_valid():
         try:
             services.unpublish_deployment(listing, request.user, form.cleaned_data["confirm_restart"],
