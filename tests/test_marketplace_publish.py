@@ -305,7 +305,7 @@ def test_a_running_router_is_not_restarted_before_the_provider_agrees(operator_c
                                                                      django_capture_on_commit_callbacks):
     make_router(alpha, open_sessions=2)
     text = page(operator_client.get(f"/deployments/{tiny.pk}/"))
-    assert 'id="sell-restart-warning"' in text and "<strong>2</strong> open sessions are cut" in text
+    assert 'id="sell-restart-warning"' in text and "cuts its <strong>2</strong> open sessions." in text
 
     text = page(publish(operator_client, tiny, django_capture_on_commit_callbacks))
     assert "applying restarts it and cuts its 2 open session(s)" in text
@@ -370,7 +370,7 @@ def test_unpublishing_asks_first_then_removes_the_entry(operator_client, alpha, 
     make_router(alpha, open_sessions=3, config_models=_in_force(listing))
     assert 'id="unpublish-link"' in page(operator_client.get(f"/deployments/{tiny.pk}/"))
     text = page(operator_client.get(f"/deployments/{tiny.pk}/marketplace/unpublish/"))
-    assert "<strong>3</strong> open sessions are cut" in text and 'id="unpublish-submit"' in text
+    assert "cuts its <strong>3</strong> open sessions." in text and 'id="unpublish-submit"' in text
 
     with django_capture_on_commit_callbacks(execute=True):
         text = page(operator_client.post(f"/deployments/{tiny.pk}/marketplace/unpublish/"))

@@ -157,7 +157,7 @@ def register(agent):
         """Write the settings and models-config.json, then start the router, or restart it when they changed. A change
         to the models alone is reloaded without a restart where the router can; with `reload_only` (the provider was
         not asked about cutting sessions) nothing is changed when only a restart would apply it."""
-        reloaded, why_restart = None, "its settings changed"
+        reloaded, restarted, why_restart = None, False, "its settings changed"
         try:
             clean = check_config(config)
             managed = {**default_env(clean["network"]), **clean["env"]}
@@ -192,6 +192,7 @@ def register(agent):
                 if reloaded is not None:
                     pass
                 elif proc.is_running() and (changed or restart):
+                    restarted = True
                     proc.restart("restarted by the panel: " + ("asked to" if restart else why_restart))
                 elif not proc.is_running():
                     proc.start()
@@ -210,6 +211,8 @@ def register(agent):
             if reloaded is not None:
                 unchanged = (f"reloaded its models without a restart (added {len(reloaded['added'])}, removed "
                              f"{len(reloaded['removed'])}); ")
+            elif restarted:
+                unchanged = f"restarted ({'asked to' if restart else why_restart}); "
             agent.operation(operation_id, protocol.SUCCEEDED,
                             f"proxy-router {unchanged}{state}, version {version}, pid {proc.pid}",
                             result={"state": state, "pid": proc.pid, "reloaded": reloaded is not None})
