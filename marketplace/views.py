@@ -51,7 +51,7 @@ def rig_marketplace(request, name):
                     messages.success(request, f"Proxy-router {'restart' if running else 'start'} sent to {node.name}")
                     return redirect("rig_marketplace", node.name)
     context = {**_live_context(node, router), "form": form, "needs_confirm": needs_confirm,
-               "apply_form": ConfirmRestartForm()}
+               "apply_form": ConfirmRestartForm(auto_id="id_apply_%s")}  # the router form has a confirm_restart too
     if request.htmx:  # the page's live part, polled (templates/marketplace/rig_marketplace.html)
         return render(request, "marketplace/rig_marketplace.html#live", context)
     for part in (chain_views, session_views, install_views):
@@ -114,12 +114,15 @@ def sell_context(deployment, router=None, listing=None, data=None):
     else:
         initial = {"model_name": publishing.default_model_name(deployment),
                    "concurrent_slots": publishing.recommended_slots(deployment)}
-    form = PublishForm(data, initial=initial, deployment=deployment, router=router, restart_needed=restart_needed)
+    form = PublishForm(data, initial=initial, deployment=deployment, router=router, restart_needed=restart_needed,
+                       auto_id="sell_%s")
     model_ids = [value for value, _label in form.fields["model"].choices if value]
     wanted = listing.model_id if listing is not None else (model_ids[0] if len(model_ids) == 1 else "")
     form.initial.update({"model": wanted} if wanted in model_ids else {"model_id": wanted})
     context = {"sell_deployment": deployment, "sell_router": router, "sell_listing": listing, "sell_form": form,
                "sell_restart_needed": restart_needed, "sell_open_sessions": router.open_sessions if router else 0}
+    if listing is not None:
+        context["sell_slots"] = publishing.slots_of(listing)
     if listing is not None and router is not None:
         context["sell_items"] = checklist.listing_items(listing, router.snapshot)
         context["sell_health"] = {k.lower(): v for k, v in (router.snapshot.get("models_health") or {}).items()
