@@ -353,25 +353,6 @@ def _wei_text(data, key, required=False):
     return value
 
 
-def _matching(value, regex, what):
-    if not isinstance(value, str) or not regex.match(value):
-        raise ReportError(f"{what} must be {regex.pattern}")
-    return value.lower()
-
-
-def _router_health(models):
-    """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
-    if not isinstance(models, dict) or len(models) > 64:
-        raise ReportError("models_health must be an object of at most 64 models")
-    clean = {}
-    for key, value in models.items():
-        status = value.get("status") if isinstance(value, dict) else value
-        if not isinstance(key, str) or len(key) > 100:
-            raise ReportError("models_health keys must be model ids")
-        clean[key] = status if status in MODEL_HEALTH else "unknown"
-    return clean
-
-
 def _router_publish(payload):
     """Published deployments: the models-config entries in force (an apiKey only ever as "set", whatever the rig
     sends), whether the proxy port accepts connections, whether the router reloads its models without a restart."""
@@ -392,6 +373,25 @@ def _router_publish(payload):
     if any(value is not None and not isinstance(value, bool) for value in flags.values()):
         raise ReportError("proxy_listening and reload_supported must be true, false or null")
     return {"config_models": config_models, **flags}
+
+
+def _matching(value, regex, what):
+    if not isinstance(value, str) or not regex.match(value):
+        raise ReportError(f"{what} must be {regex.pattern}")
+    return value.lower()
+
+
+def _router_health(models):
+    """/healthcheck's per-model health: {model id: status or {"status": ...}}, bounded."""
+    if not isinstance(models, dict) or len(models) > 64:
+        raise ReportError("models_health must be an object of at most 64 models")
+    clean = {}
+    for key, value in models.items():
+        status = value.get("status") if isinstance(value, dict) else value
+        if not isinstance(key, str) or len(key) > 100:
+            raise ReportError("models_health keys must be model ids")
+        clean[key] = status if status in MODEL_HEALTH else "unknown"
+    return clean
 
 
 def clean_router(payload):

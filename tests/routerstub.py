@@ -18,11 +18,11 @@ MORPHEUS.md and the router's source say the real one does, as far as a provider'
   model picked by header model_id or by the body's "model" = modelName) forwarded to the model's apiUrl with
   "model" set to modelName, as the router sends it.
 
-Test hooks (environment or .env): ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
+Test hooks (environment or .env): ROUTERSTUB_RELOAD=1 (the reload route proposed upstream, PR #887),
+ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
 {"/path": 429 | 500 | "malformed" | "sleep:SECONDS"}, ROUTERSTUB_HOOKS_FILE = a JSON file re-read on every
 request with the same two keys ({"degraded": true, "faults": {...}}), ROUTERSTUB_VERSION, ROUTERSTUB_WALLET
-(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY), ROUTERSTUB_RELOAD=1 (the proposed
-POST /config/models/reload route).
+(the wallet address; otherwise one made up from WALLET_PRIVATE_KEY).
 """
 
 import argparse
@@ -322,6 +322,7 @@ class Router:
                 "DerivedConfig": {"WalletAddress": self.config.wallet, "ChainID": self.config.chain_id,
                                   "EthNodeURLs": ["https://rpc.invalid"]}})),
             ("GET", r"/wallet", lambda m, q, b: (200, {"address": self.config.wallet})),
+            *self.reload_route(),
             ("GET", r"/blockchain/balance", lambda m, q, b: (200, {"mor": str(c.mor), "eth": str(c.eth)})),
             ("GET", r"/blockchain/allowance", self.allowance),
             ("POST", r"/blockchain/approve", self.approve),
@@ -341,8 +342,16 @@ class Router:
             ("GET", r"/blockchain/sessions/provider", self.provider_sessions),
             ("GET", r"/proxy/sessions/(?P<id>[^/]+)/providerClaimableBalance", self.claimable),
             ("POST", r"/v1/chat/completions", self.chat),
-            *self.reload_route(),
         ]
+
+    def sanitized_config(self):
+        hidden = ("WALLET_PRIVATE_KEY", "COOKIE_CONTENT", "ETH_NODE_ADDRESS")
+        return {k: ("" if k in hidden else v) for k, v in self.config.env.items() if not k.startswith("ROUTERSTUB_")}
+
+    def local_models(self):
+        return [{"Id": model_id, "Name": e["modelName"], "Model": e["modelName"], "ApiType": e["apiType"],
+                 "ApiUrl": e["apiUrl"], "Slots": e.get("concurrentSlots", 0), "CapacityPolicy": e.get(
+                     "capacityPolicy", "")} for model_id, e in self.models.items()]
 
     def reload_route(self):
         """POST /config/models/reload as proposed upstream (PR #887), only with ROUTERSTUB_RELOAD=1: a router without
@@ -361,15 +370,6 @@ class Router:
         self.models = models
         print(f"proxy-router stub: models reloaded, {len(models)} configured", flush=True)
         return 200, {"added": added, "removed": removed, "healthSweepQueued": True}
-
-    def sanitized_config(self):
-        hidden = ("WALLET_PRIVATE_KEY", "COOKIE_CONTENT", "ETH_NODE_ADDRESS")
-        return {k: ("" if k in hidden else v) for k, v in self.config.env.items() if not k.startswith("ROUTERSTUB_")}
-
-    def local_models(self):
-        return [{"Id": model_id, "Name": e["modelName"], "Model": e["modelName"], "ApiType": e["apiType"],
-                 "ApiUrl": e["apiUrl"], "Slots": e.get("concurrentSlots", 0), "CapacityPolicy": e.get(
-                     "capacityPolicy", "")} for model_id, e in self.models.items()]
 
     def allowance(self, m, q, b):
         spender = q.get("spender", [""])[0]

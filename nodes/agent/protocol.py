@@ -85,9 +85,6 @@ ROUTER = "router"
 ROUTER_FIELDS = ("state", "pid", "message", "log", "restarts", "version", "health", "models_health", "wallet",
                  "mor_wei", "eth_wei", "provider", "models", "bids", "open_sessions", "config_models",
                  "unmanaged_keys", "network", "binary", "at", "error")
-# Publishing (nodes/agent/routermodels.py): whether the proxy port accepts TCP on the rig (None: not configured), and
-# whether this router version reloads its models without a restart (None: not tried yet).
-ROUTER_FIELDS += ("proxy_listening", "reload_supported")
 
 # Operation states: the panel creates an operation "queued"; an agent reports the others.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -101,6 +98,9 @@ ROUTER_STATES = ("stopped", "starting", "healthy", "degraded", "unresponsive", "
 # Why the router's admin API did not answer usefully (routeradmin.RouterError kinds).
 ROUTER_ERROR_KINDS = ("down", "timeout", "unauthorized", "forbidden", "rate_limited", "degraded", "malformed",
                       "refused", "not_found", "too_large", "outcome_unknown", "invalid")
+# Publishing (nodes/agent/routermodels.py): whether the proxy port accepts TCP on the rig (None: not configured), and
+# whether this router version reloads its models without a restart (None: not tried yet).
+ROUTER_FIELDS += ("proxy_listening", "reload_supported")
 
 
 def node_queue(name):

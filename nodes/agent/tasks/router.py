@@ -75,13 +75,14 @@ def register(agent):
         base = proc.report() if proc is not None else {"state": "stopped", "pid": None, "message": "", "log": "",
                                                           "restarts": 0, "version": None, "models": {}}
         hidden = secret_values(folder)
-        out = {"state": base["state"], "pid": base["pid"], "message": base["message"], "log": base["log"],
-               "restarts": base["restarts"], "version": base.get("version"), "health": None,
+        published = routermodels.report_fields(folder, holder["reload"], base.get("version"))
+        out = {**published, "state": base["state"], "pid": base["pid"], "message": base["message"],
+               "log": base["log"], "restarts": base["restarts"], "version": base.get("version"), "health": None,
                "models_health": base.get("models") or {}, "wallet": None, "mor_wei": None, "eth_wei": None,
                "provider": None, "models": [], "bids": [], "open_sessions": None,
-               "config_models": routermodels.reported_models(config.get("models")), "unmanaged_keys": unmanaged_keys(folder / ".env"),
+               "config_models": routermodels.reported_models(config.get("models")),
+               "unmanaged_keys": unmanaged_keys(folder / ".env"),
                "network": config.get("network"), "binary": config.get("binary"), "at": agent.clock(), "error": None}
-        out.update(routermodels.report_fields(folder, holder["reload"], out["version"]))
         if base["state"] not in (HEALTHY, DEGRADED):
             return out
         try:
