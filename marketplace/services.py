@@ -5,7 +5,8 @@ from pathlib import PurePosixPath
 from django.db import transaction
 
 from hosting.services import Refused
-from marketplace.models import Router
+from marketplace import publishing
+from marketplace.models import Listing, Router
 from nodes.agent.protocol import ROUTER_NETWORKS
 from nodes.models import Operation
 from nodes.operations import start_operation
@@ -27,12 +28,62 @@ def check_port(value, what):
     return value
 
 
+class RestartNeeded(Refused):
+    """Applying would restart a running router and cut its open sessions: the provider has to agree first."""
+
+    def __init__(self, router):
+        self.open_sessions = router.open_sessions
+        super().__init__(f"the proxy-router on {router.node.name} is {router.state}: applying restarts it and cuts its "
+                         f"{router.open_sessions} open session(s)")
+
+
 def router_config(router):
-    """What the rig is sent. The models list comes from published deployments (issue 11, part 2): empty until
-    deployments can be published. Never the wallet key: it stays in the .env the provider wrote on the rig."""
+    """What the rig is sent: the managed settings and one models-config entry per published deployment (API keys
+    sealed for the rig by the channel). Never the wallet key: it stays in the .env the provider wrote on the rig."""
     return {"network": router.network, "binary": router.binary_path,
             "env": {"PROXY_ADDRESS": f"0.0.0.0:{router.proxy_port}", "WEB_ADDRESS": f"127.0.0.1:{router.web_port}"},
-            "models": []}
+            "models": publishing.config_entries(router.node)}
+
+
+def apply_listings(router, user, confirm_restart=False):
+    """Send the rig's published deployments to its router: None when they are in force already. A router that
+    reloads its models is told to apply them without a restart only; one that restarts needs `confirm_restart`."""
+    config = router_config(router)
+    if publishing.in_force(router, config["models"]):
+        return None
+    payload = {"config": config}
+    if router.is_running and router.snapshot.get("reload_supported") is True:
+        payload["reload_only"] = True
+    elif publishing.restart_needed(router) and not confirm_restart:
+        raise RestartNeeded(router)
+    return start_operation(router.node, Operation.ROUTER_APPLY, user, target="models-config", payload=payload)
+
+
+def publish_deployment(deployment, user, model_id, model_name, concurrent_slots=None, capacity_policy="simple",
+                       confirm_restart=False, later=False):
+    """Save the deployment's listing and (unless `later`) apply it: (listing, operation or None). Nothing is saved
+    when it is refused, a restart not agreed to included."""
+    with transaction.atomic():
+        router = Router.objects.select_for_update().select_related("node").filter(node=deployment.node).first()
+        listing = publishing.save_listing(deployment, user, router, model_id, model_name, concurrent_slots,
+                                          capacity_policy)
+        operation = None if later else apply_listings(router, user, confirm_restart)
+    return listing, operation
+
+
+def unpublish_deployment(listing, user, confirm_restart=False, later=False):
+    """Remove the listing and (unless `later`) apply the rig's models without it: the operation or None."""
+    with transaction.atomic():
+        router = Router.objects.select_for_update().select_related("node").filter(
+            node=listing.deployment.node).first()
+        Listing.objects.filter(pk=listing.pk).delete()
+        return None if later or router is None else apply_listings(router, user, confirm_restart)
+
+
+def apply_published(router, user, confirm_restart=False):
+    with transaction.atomic():
+        router = Router.objects.select_for_update().select_related("node").get(pk=router.pk)
+        return apply_listings(router, user, confirm_restart)
 
 
 def apply_router(node, user, network, binary, proxy_port=None, web_port=None, restart=False):

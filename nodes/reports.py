@@ -354,6 +354,28 @@ def _wei_text(data, key, required=False):
     return value
 
 
+def _router_publish(payload):
+    """Published deployments: the models-config entries in force (an apiKey only ever as "set", whatever the rig
+    sends), whether the proxy port accepts connections, whether the router reloads its models without a restart."""
+    entries = _list(payload, "config_models", 64)
+    if len(json.dumps(entries)) > 64 * 1024:
+        raise ReportError("config_models is too large")
+    config_models = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ReportError("config_models entries must be objects")
+        item = {key: _text(entry, key, 500) for key in ("modelId", "modelName", "apiType", "apiUrl")}
+        item["modelId"] = item["modelId"].lower()
+        optional = {"capacityPolicy": _text(entry, "capacityPolicy", 20, required=False),
+                    "concurrentSlots": _number(entry, "concurrentSlots", 1, 10**6, integer=True, required=False),
+                    "apiKey": "set" if entry.get("apiKey") else None}
+        config_models.append({**item, **{k: v for k, v in optional.items() if v not in (None, "")}})
+    flags = {key: payload.get(key) for key in ("proxy_listening", "reload_supported")}
+    if any(value is not None and not isinstance(value, bool) for value in flags.values()):
+        raise ReportError("proxy_listening and reload_supported must be true, false or null")
+    return {"config_models": config_models, **flags}
+
+
 def _matching(value, regex, what):
     if not isinstance(value, str) or not regex.match(value):
         raise ReportError(f"{what} must be {regex.pattern}")
@@ -461,9 +483,6 @@ def clean_router(payload):
                                                                                      "bid model id"),
              "price_per_second": _wei_text(b, "price_per_second", required=True)}
             for b in _list(payload, "bids", 64) if isinstance(b, dict)]
-    config_models = _list(payload, "config_models", 64)
-    if len(json.dumps(config_models)) > 64 * 1024:
-        raise ReportError("config_models is too large")
     keys = _list(payload, "unmanaged_keys", 100)
     if not all(isinstance(k, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$", k) for k in keys):
         raise ReportError("unmanaged_keys must be .env key names")
@@ -489,7 +508,7 @@ def clean_router(payload):
         "models": models,
         "bids": bids,
         "open_sessions": _number(payload, "open_sessions", 0, 10**6, integer=True, required=False),
-        "config_models": config_models,
+        **_router_publish(payload),
         "unmanaged_keys": sorted(keys),
         "network": network,
         "binary": _text(payload, "binary", 4096, required=False),

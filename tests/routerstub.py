@@ -18,7 +18,8 @@ MORPHEUS.md and the router's source say the real one does, as far as a provider'
   model picked by header model_id or by the body's "model" = modelName) forwarded to the model's apiUrl with
   "model" set to modelName, as the router sends it.
 
-Test hooks (environment or .env): ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
+Test hooks (environment or .env): ROUTERSTUB_RELOAD=1 (the reload route proposed upstream, PR #887),
+ROUTERSTUB_DEGRADED=1 (503 degraded), ROUTERSTUB_FAULTS = JSON
 {"/path": 429 | 500 | "malformed" | "sleep:SECONDS"}, ROUTERSTUB_HOOKS_FILE = a JSON file re-read on every
 request with the same two keys ({"degraded": true, "faults": {...}}), ROUTERSTUB_VERSION, ROUTERSTUB_WALLET
 (the wallet address; otherwise one made up from WALLET_PRIVATE_KEY), ROUTERSTUB_TEST_API=1 (test-only routes that
@@ -330,6 +331,7 @@ class Router:
                 "DerivedConfig": {"WalletAddress": self.config.wallet, "ChainID": self.config.chain_id,
                                   "EthNodeURLs": ["https://rpc.invalid"]}})),
             ("GET", r"/wallet", lambda m, q, b: (200, {"address": self.config.wallet})),
+            *self.reload_route(),
             ("GET", r"/blockchain/balance", lambda m, q, b: (200, {"mor": str(c.mor), "eth": str(c.eth)})),
             ("GET", r"/blockchain/allowance", self.allowance),
             ("POST", r"/blockchain/approve", self.approve),
@@ -417,6 +419,24 @@ class Router:
         return [{"Id": model_id, "Name": e["modelName"], "Model": e["modelName"], "ApiType": e["apiType"],
                  "ApiUrl": e["apiUrl"], "Slots": e.get("concurrentSlots", 0), "CapacityPolicy": e.get(
                      "capacityPolicy", "")} for model_id, e in self.models.items()]
+
+    def reload_route(self):
+        """POST /config/models/reload as proposed upstream (PR #887), only with ROUTERSTUB_RELOAD=1: a router without
+        it answers gin's plain 404, as released routers do."""
+        if self.config.env.get("ROUTERSTUB_RELOAD") not in ("1", "true"):
+            return []
+        return [("POST", r"/config/models/reload", self.reload_models)]
+
+    def reload_models(self, m, q, b):
+        """Re-read models-config.json; a file that breaks the schema is refused and the models in force are kept."""
+        try:
+            models = self.config.load_models()
+        except (StartError, OSError) as exc:
+            raise Refused(400, f"models config reload failed: {exc}") from None
+        added, removed = sorted(set(models) - set(self.models)), sorted(set(self.models) - set(models))
+        self.models = models
+        print(f"proxy-router stub: models reloaded, {len(models)} configured", flush=True)
+        return 200, {"added": added, "removed": removed, "healthSweepQueued": True}
 
     def allowance(self, m, q, b):
         spender = q.get("spender", [""])[0]

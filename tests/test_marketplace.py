@@ -24,6 +24,7 @@ def report(**changes):
             "provider": {"address": WALLET, "endpoint": "rig.example.com:3333", "stake": str(2 * 10**17)},
             "models": [{"id": MID, "name": "tiny", "stake": str(10**17)}],
             "bids": [{"id": MID, "model_id": MID, "price_per_second": "10000000000"}], "open_sessions": 2,
+            "proxy_listening": True, "reload_supported": None,
             "config_models": [], "unmanaged_keys": ["WALLET_PRIVATE_KEY"], "network": "testnet",
             "binary": "/opt/morpheus/proxy-router", "at": 1_790_000_000.0, "error": None}
     data["market"] = {MID: {"count": 1, "lowest": "10000000000", "median": "10000000000"}}

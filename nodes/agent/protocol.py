@@ -29,7 +29,8 @@ AGENT_BENCHMARK_DEPLOYMENT = "agent.benchmark_deployment"  # tok/s and time to f
 AGENT_CHAT_DEPLOYMENT = "agent.chat_deployment"  # "try it": one chat sent to the server, its answer streamed back
 # The proxy-router: `config` = {"network": "mainnet" | "testnet", "binary": absolute path on the rig, "env": the
 # managed .env values the panel sets (never the wallet key), "models": [models-config entries]}; `restart` asks for
-# a restart even when nothing changed (it cuts open sessions: the panel asks first).
+# a restart even when nothing changed (it cuts open sessions: the panel asks first); `reload_only` applies a change of
+# the models alone through the router's reload endpoint and changes nothing where only a restart would apply it.
 AGENT_ROUTER_APPLY = "agent.router_apply"
 AGENT_ROUTER_REFRESH = "agent.router_refresh"  # read the router's state now and report it
 # One on-chain action through the router's admin API (`action` one of ROUTER_CHAIN_ACTIONS, `params` its arguments,
@@ -56,7 +57,7 @@ COMMANDS = {
     AGENT_ACK: (False, ("seqs",), ()),
     AGENT_BENCHMARK_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
     AGENT_CHAT_DEPLOYMENT: (True, ("deployment_id", "request"), ()),
-    AGENT_ROUTER_APPLY: (True, ("config",), ("restart",)),
+    AGENT_ROUTER_APPLY: (True, ("config",), ("restart", "reload_only")),
     AGENT_ROUTER_REFRESH: (True, (), ()),
     AGENT_ROUTER_CHAIN: (True, ("action", "params"), ()),
     AGENT_ROUTER_INSTALL: (True, ("url", "sha256"), ()),
@@ -66,7 +67,7 @@ ROUTER_NETWORKS = ("mainnet", "testnet")
 ROUTER_CHAIN_ACTIONS = ("approve", "register_provider", "register_model", "post_bid", "delete_bid")
 
 # Argument fields (at any depth) the panel seals for the one rig that needs them: a Hub token, an API key.
-SECRET_FIELDS = frozenset({"token", "api_key"})
+SECRET_FIELDS = frozenset({"token", "api_key", "apiKey"})  # apiKey: a models-config entry's
 
 # Report kinds an agent sends back.
 HARDWARE = "hardware"
@@ -103,6 +104,9 @@ ROUTER_STATES = ("stopped", "starting", "healthy", "degraded", "unresponsive", "
 # Why the router's admin API did not answer usefully (routeradmin.RouterError kinds).
 ROUTER_ERROR_KINDS = ("down", "timeout", "unauthorized", "forbidden", "rate_limited", "degraded", "malformed",
                       "refused", "not_found", "too_large", "outcome_unknown", "invalid")
+# Publishing (nodes/agent/routermodels.py): whether the proxy port accepts TCP on the rig (None: not configured), and
+# whether this router version reloads its models without a restart (None: not tried yet).
+ROUTER_FIELDS += ("proxy_listening", "reload_supported")
 
 
 def node_queue(name):

@@ -361,5 +361,14 @@ class AdminClient:
     def delete_model(self, model):
         return _field(self.call("DELETE", f"/blockchain/models/{model_id(model)}")[1], "tx", "model deletion")
 
+    def reload_models(self):
+        """Have the router re-read models-config.json without a restart (proposed upstream, PR #887): the ids added
+        and removed. RouterError not_found when this router has no such endpoint (then only a restart applies it)."""
+        body = self.call("POST", "/config/models/reload")[1]
+        added, removed = _list(body, "added", "reload answer"), _list(body, "removed", "reload answer")
+        if not all(isinstance(i, str) for i in added + removed):
+            raise RouterError("malformed", "the router's reload answer lists something that is not a model id")
+        return {"added": added, "removed": removed, "health_sweep_queued": bool(body.get("healthSweepQueued"))}
+
     def delete_provider(self, provider):
         return _field(self.call("DELETE", f"/blockchain/providers/{address(provider)}")[1], "tx", "provider deletion")

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .. import protocol
+from .. import protocol, routermodels
 from ..router import (DEGRADED, HEALTHY, RouterError, RouterProcess, client_for, default_env, mask, secret_values,
                       unmanaged_keys, write_env, write_models_config)
 from ..routersessions import sessions_fields
@@ -41,6 +41,10 @@ def check_config(config):
     return {"network": network, "binary": binary, "env": dict(env), "models": models}
 
 
+class Unapplied(Exception):
+    """The change was not applied and nothing was written: why, in words for the provider."""
+
+
 def fingerprint(config):
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -48,7 +52,7 @@ def fingerprint(config):
 def register(agent):
     folder = Path(agent.cfg.router_dir)
     config_path = agent.cfg.state_dir / "router" / "applied.json"
-    holder = {"process": None, "config": None, "last": None, "sent_at": 0.0}
+    holder = {"process": None, "config": None, "last": None, "sent_at": 0.0, "reload": None}
     lock = threading.RLock()
     stop = threading.Event()
 
@@ -75,11 +79,13 @@ def register(agent):
         base = proc.report() if proc is not None else {"state": "stopped", "pid": None, "message": "", "log": "",
                                                           "restarts": 0, "version": None, "models": {}}
         hidden = secret_values(folder)
-        out = {"state": base["state"], "pid": base["pid"], "message": base["message"], "log": base["log"],
-               "restarts": base["restarts"], "version": base.get("version"), "health": None,
+        published = routermodels.report_fields(folder, holder["reload"], base.get("version"))
+        out = {**published, "state": base["state"], "pid": base["pid"], "message": base["message"],
+               "log": base["log"], "restarts": base["restarts"], "version": base.get("version"), "health": None,
                "models_health": base.get("models") or {}, "wallet": None, "mor_wei": None, "eth_wei": None,
                "provider": None, "models": [], "bids": [], "open_sessions": None,
-               "config_models": config.get("models", []), "unmanaged_keys": unmanaged_keys(folder / ".env"),
+               "config_models": routermodels.reported_models(config.get("models")),
+               "unmanaged_keys": unmanaged_keys(folder / ".env"),
                "network": config.get("network"), "binary": config.get("binary"), "at": agent.clock(), "error": None}
         out.update(sessions_fields(lambda: client_for(folder), base, holder))
         if base["state"] not in (HEALTHY, DEGRADED):
@@ -151,32 +157,58 @@ def register(agent):
     agent.on_first_connect.append(on_connect)
 
     @agent.command(protocol.AGENT_ROUTER_APPLY)
-    def router_apply(operation_id, config, restart=False):
+    def router_apply(operation_id, config, restart=False, reload_only=False):
         with agent.claimed(operation_id) as mine:
             if mine:
-                apply(operation_id, config, restart is True)
+                apply(operation_id, config, restart is True, reload_only is True)
 
-    def apply(operation_id, config, restart):
+    def apply(operation_id, config, restart, reload_only=False):
+        """Write the settings and models-config.json, then start the router, or restart it when they changed. A change
+        to the models alone is reloaded without a restart where the router can; with `reload_only` (the provider was
+        not asked about cutting sessions) nothing is changed when only a restart would apply it."""
+        reloaded, restarted, why_restart = None, False, "its settings changed"
         try:
             clean = check_config(config)
             managed = {**default_env(clean["network"]), **clean["env"]}
+            models_path = folder / managed.get("MODELS_CONFIG_PATH", "models-config.json")
             folder.mkdir(parents=True, exist_ok=True)
             config_path.parent.mkdir(parents=True, exist_ok=True)
             with lock:
                 applied = load_applied()
+                old = applied["config"] if applied else None
                 changed = applied is None or applied.get("fingerprint") != fingerprint(clean)
+                running = holder["process"] is not None and holder["process"].is_running()
+                reload = running and not restart and routermodels.models_only(old, clean)
+                if reload_only and running and (restart or (changed and not reload)):
+                    raise Unapplied("this change needs a restart of the proxy-router, which cuts its open sessions; "
+                                    "nothing was changed: apply it from the panel with the restart confirmed")
                 write_env(folder / ".env", managed)
-                write_models_config(folder / managed.get("MODELS_CONFIG_PATH", "models-config.json"),
-                                    clean["models"])
+                write_models_config(models_path, clean["models"])
+                proc = process_for(clean)
+                if reload:
+                    outcome, answer = routermodels.reload_models(client_for(folder))
+                    holder["reload"] = {"version": (proc.health or {}).get("version"),
+                                        "supported": outcome != "unsupported"}
+                    if outcome == "reloaded":
+                        reloaded = answer
+                    elif reload_only:
+                        write_models_config(models_path, old["models"])  # what the router runs with, as it was
+                        raise Unapplied(f"the proxy-router did not reload its models ({answer}); nothing was changed")
+                    else:
+                        why_restart = f"its models changed and it could not reload them ({answer})"
                 write_private(config_path, json.dumps({"config": clean, "fingerprint": fingerprint(clean)}))
                 holder["config"] = clean
-                proc = process_for(clean)
-                if proc.is_running() and (changed or restart):
-                    proc.restart("restarted by the panel: " + ("asked to" if restart else "its settings changed"))
+                if reloaded is not None:
+                    pass
+                elif proc.is_running() and (changed or restart):
+                    restarted = True
+                    proc.restart("restarted by the panel: " + ("asked to" if restart else why_restart))
                 elif not proc.is_running():
                     proc.start()
-        except (InvalidValue, ValueError, OSError) as exc:
+        except (InvalidValue, ValueError, OSError, Unapplied) as exc:
             why = mask(str(exc), secret_values(folder))
+            if isinstance(exc, Unapplied):
+                publish(force_durable=True)  # the panel learns whether this router reloads
             agent.operation(operation_id, protocol.FAILED, f"refused on the rig: {why}")
             return
         state = proc.wait_healthy(timeout=HEALTH_WAIT, interval=0.2) if proc.state != HEALTHY else proc.state
@@ -185,9 +217,14 @@ def register(agent):
         if state in (HEALTHY, DEGRADED):
             unchanged = "" if changed or restart else "unchanged; "
             version = report["version"] or "unknown"
+            if reloaded is not None:
+                unchanged = (f"reloaded its models without a restart (added {len(reloaded['added'])}, removed "
+                             f"{len(reloaded['removed'])}); ")
+            elif restarted:
+                unchanged = f"restarted ({'asked to' if restart else why_restart}); "
             agent.operation(operation_id, protocol.SUCCEEDED,
                             f"proxy-router {unchanged}{state}, version {version}, pid {proc.pid}",
-                            result={"state": state, "pid": proc.pid})
+                            result={"state": state, "pid": proc.pid, "reloaded": reloaded is not None})
         else:
             agent.operation(operation_id, protocol.FAILED, f"proxy-router {state}: {message}"[:2000])
 
