@@ -5,7 +5,7 @@ Sessions page with its restart timeline."""
 import json
 import re
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
 from django.db import connection
@@ -267,7 +267,7 @@ def test_router_starts_restarts_and_exits_are_recorded_once_and_say_why(alpha, o
     send(alpha, 4, started_at=NOW - 100, at=NOW - 90, restarts=1, message="launched pid 5")
     send(alpha, 5, started_at=NOW - 100, at=NOW - 80, restarts=1, state="degraded")
     asked = Operation.objects.create(node=alpha[0], kind=Operation.ROUTER_APPLY, requested_by=operator,
-                                     created=timezone.now() - timedelta(seconds=55))
+                                     created=datetime.fromtimestamp(NOW - 55, tz=dt_timezone.utc))
     send(alpha, 6, started_at=NOW - 50, at=NOW - 40, restarts=2, message="launched pid 6")
     send(alpha, 4, started_at=NOW - 5, at=NOW, restarts=9)  # an older report: ignored
     kinds = list(RouterEvent.objects.filter(node=alpha[0]).order_by("at", "id").values_list("kind", "detail"))
