@@ -144,3 +144,21 @@ class Backend:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def seen_by_the_panel(pages=(), broker=None, logs=()):
+    """Everything a router credential, wallet key or API key must never reach: the pages a test looked at, the
+    router reports and operations the panel stored, the broker's traffic (a BrokerWatch) and the processes' logs."""
+    from marketplace.models import Router
+    from nodes.models import Operation
+
+    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()]
+    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
+    seen += list(broker.texts()) if broker is not None else []
+    seen += [Path(path).read_text(errors="replace") for path in logs if Path(path).exists()]
+    return seen
+
+
+def assert_no_secret(seen, *secrets):
+    for secret in secrets:
+        assert secret and not [text for text in seen if secret in text], f"{secret!r} leaked"

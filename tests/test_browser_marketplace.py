@@ -20,7 +20,7 @@ from tests import llama
 from tests.gguf_model import write_tiny_llama
 from tests.harness import stop_llama_servers_under, wait_until
 from tests.helpers import free_port, make_node
-from tests.routerkit import COOKIE, MOR, WALLET
+from tests.routerkit import COOKIE, MOR, WALLET, assert_no_secret, seen_by_the_panel
 from tests.test_browser import WAIT_MS, log_in
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import _router_binary, _stop_router
@@ -92,7 +92,7 @@ def selling_rig(rigs, operator, tmp_path):
     stop_llama_servers_under(tmp_path)
 
 
-def test_publish_restart_asked_bid_after_the_fee_and_the_checklist_turns_green(page, live_server, redis_url,
+def test_publish_restart_asked_bid_after_the_fee_and_the_checklist_turns_green(page, live_server, redis_url, rigs,
                                                                                  selling_rig):
     deployment = selling_rig
     broker = BrokerWatch(redis_url)
@@ -153,8 +153,5 @@ def test_publish_restart_asked_bid_after_the_fee_and_the_checklist_turns_green(p
     finally:
         broker.close()
 
-    seen += [json.dumps(r.snapshot) for r in Router.objects.all()]
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    seen += list(broker.texts())
-    for secret in (KEY, WALLET_KEY, COOKIE_PASSWORD):
-        assert not [text for text in seen if secret in text], secret
+    assert_no_secret(seen_by_the_panel(seen, broker, [proc.log_path for proc in rigs.procs]),
+                     KEY, WALLET_KEY, COOKIE_PASSWORD)

@@ -17,7 +17,7 @@ from tests import llama
 from tests.gguf_model import write_tiny_llama
 from tests.harness import stop_llama_servers_under, wait_until
 from tests.helpers import free_port, make_node, page
-from tests.routerkit import COOKIE, MOR, WALLET, request
+from tests.routerkit import COOKIE, MOR, WALLET, assert_no_secret, request, seen_by_the_panel
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import _router_binary, _stop_router
 
@@ -204,8 +204,5 @@ def test_a_published_deployment_is_served_through_the_router_and_its_key_stays_o
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
         stop_llama_servers_under(tmp_path)
 
-    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()]
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    seen += list(broker.texts())
-    for secret in (KEY, WALLET_KEY, COOKIE.partition(":")[2]):
-        assert not [t for t in seen if secret in t], secret
+    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+                     KEY, WALLET_KEY, COOKIE.partition(":")[2])

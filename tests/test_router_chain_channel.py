@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from marketplace.models import Router
 from nodes.models import Operation
 from tests.helpers import free_port, make_node, page
-from tests.routerkit import MOR, WALLET, mid
+from tests.routerkit import MOR, WALLET, assert_no_secret, mid, seen_by_the_panel
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import (COOKIE_PASSWORD, WALLET_KEY, _finished, _provider_env, _router_binary,
                                        _snapshot, _stop_router)
@@ -83,8 +82,5 @@ def test_a_bid_posted_from_the_page_after_the_fee_confirmation(rigs, operator_cl
         broker.close()
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()]
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    seen += list(broker.texts())
-    for secret in (WALLET_KEY, COOKIE_PASSWORD):
-        assert not [t for t in seen if secret in t], secret
+    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+                     WALLET_KEY, COOKIE_PASSWORD)

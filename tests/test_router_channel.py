@@ -12,7 +12,7 @@ from marketplace.models import Router
 from nodes.models import Operation
 from tests.harness import wait_until
 from tests.helpers import free_port, make_node, page
-from tests.routerkit import COOKIE, MOR, STUB, WALLET
+from tests.routerkit import COOKIE, MOR, STUB, WALLET, assert_no_secret, seen_by_the_panel
 from tests.test_integration_serving import BrokerWatch
 
 pytestmark = pytest.mark.integration
@@ -146,8 +146,5 @@ def test_the_panel_starts_follows_and_re_adopts_the_router_and_no_secret_leaves_
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
     # Nothing secret anywhere the panel or the broker saw.
-    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()]
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    seen += list(broker.texts())
-    for secret in (WALLET_KEY, COOKIE_PASSWORD, "not-the-router-password"):
-        assert not [t for t in seen if secret in t], secret
+    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+                     WALLET_KEY, COOKIE_PASSWORD, "not-the-router-password")

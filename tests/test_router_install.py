@@ -24,6 +24,7 @@ from nodes.agent.validation import InvalidValue
 from nodes.models import Operation
 from tests.harness import wait_until
 from tests.helpers import make_node, page, queued_messages, report
+from tests.routerkit import assert_no_secret, seen_by_the_panel
 
 BODY = b"\x7fELF" + os.urandom(3000)  # a "binary": the rig does not run it in these tests
 
@@ -465,8 +466,5 @@ def test_a_release_installed_through_the_panel_runs_as_the_rigs_router(rigs, ope
         served.close()
         channel._stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()]
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    seen += list(broker.texts())
-    for secret in (channel.WALLET_KEY, channel.COOKIE_PASSWORD):
-        assert not [t for t in seen if secret in t], secret
+    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+                     channel.WALLET_KEY, channel.COOKIE_PASSWORD)

@@ -21,7 +21,7 @@ from nodes.models import Operation
 from nodes.reports import ReportError, clean_router
 from tests.harness import wait_until
 from tests.helpers import free_port, make_node, page, report as handle_report
-from tests.routerkit import WALLET, StubProcess, mid, request, write_rig_folder
+from tests.routerkit import WALLET, StubProcess, assert_no_secret, mid, request, seen_by_the_panel, write_rig_folder
 
 USER = "0x" + "ee" * 20
 NOW = int(time.time())
@@ -446,7 +446,5 @@ def test_sessions_opened_on_the_router_show_with_their_claimable_and_a_panel_res
         broker.close()
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    seen = list(pages) + [json.dumps(r.snapshot) for r in Router.objects.all()] + list(broker.texts())
-    seen += [f"{o.message} {json.dumps(o.result)}" for o in Operation.objects.all()]
-    for secret in (WALLET_KEY, COOKIE_PASSWORD):
-        assert not [t for t in seen if secret in t], secret
+    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+                     WALLET_KEY, COOKIE_PASSWORD)
