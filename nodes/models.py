@@ -296,7 +296,7 @@ class Operation(models.Model):
         (RESTART, "restart server"),
         (BENCHMARK, "benchmark server"),
         (CHAT, "try a prompt"),
-        (ROUTER_APPLY, "start proxy-router"),
+        (ROUTER_APPLY, "apply proxy-router settings"),
         (ROUTER_REFRESH, "read proxy-router"),
         (ROUTER_CHAIN, "on-chain action"),
         (ROUTER_INSTALL, "install proxy-router"),

@@ -142,8 +142,8 @@ def panel_processes(worker_env, proc_dir):
 class Rigs:
     """Starts rig agents as real `python -m nodes.agent` processes; stops them at teardown."""
 
-    def __init__(self, redis_url, root):
-        self.redis_url, self.root, self.procs = redis_url, Path(root), []
+    def __init__(self, redis_url, root, panel_worker=None):
+        self.redis_url, self.root, self.procs, self.panel_worker = redis_url, Path(root), [], panel_worker
 
     def start(self, name, token, fake_nvml="nodriver", interval=1.0, wait=True, extra_env=None, account=True):
         """Start rig `name`'s agent with `token`; its broker account is made first, as enrolment makes it (pass
@@ -159,6 +159,10 @@ class Rigs:
         if wait:
             proc.wait_for_log("ready.", timeout=60)
         return proc
+
+    def logs(self):
+        """The log files of this test's agents and of the shared panel worker."""
+        return [proc.log_path for proc in self.procs] + ([self.panel_worker.log_path] if self.panel_worker else [])
 
     def stop_all(self):
         for proc in self.procs:
@@ -182,7 +186,7 @@ def panel(panel_processes, redis_url, worker_env, settings, transactional_db, dj
 
 @pytest.fixture
 def rigs(panel, redis_url, tmp_path):
-    manager = Rigs(redis_url, tmp_path)
+    manager = Rigs(redis_url, tmp_path, panel.worker)
     yield manager
     manager.stop_all()
 

@@ -153,5 +153,5 @@ def test_publish_restart_asked_bid_after_the_fee_and_the_checklist_turns_green(p
     finally:
         broker.close()
 
-    assert_no_secret(seen_by_the_panel(seen, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(seen, broker, rigs.logs()),
                      KEY, WALLET_KEY, COOKIE_PASSWORD)

@@ -204,5 +204,5 @@ def test_a_published_deployment_is_served_through_the_router_and_its_key_stays_o
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
         stop_llama_servers_under(tmp_path)
 
-    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(pages, broker, rigs.logs()),
                      KEY, WALLET_KEY, COOKIE.partition(":")[2])

@@ -82,5 +82,5 @@ def test_a_bid_posted_from_the_page_after_the_fee_confirmation(rigs, operator_cl
         broker.close()
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(pages, broker, rigs.logs()),
                      WALLET_KEY, COOKIE_PASSWORD)

@@ -146,5 +146,5 @@ def test_the_panel_starts_follows_and_re_adopts_the_router_and_no_secret_leaves_
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
     # Nothing secret anywhere the panel or the broker saw.
-    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(pages, broker, rigs.logs()),
                      WALLET_KEY, COOKIE_PASSWORD, "not-the-router-password")

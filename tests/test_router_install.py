@@ -466,5 +466,5 @@ def test_a_release_installed_through_the_panel_runs_as_the_rigs_router(rigs, ope
         served.close()
         channel._stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(pages, broker, rigs.logs()),
                      channel.WALLET_KEY, channel.COOKIE_PASSWORD)

@@ -446,5 +446,5 @@ def test_sessions_opened_on_the_router_show_with_their_claimable_and_a_panel_res
         broker.close()
         _stop_router(tmp_path / "alpha" / "data" / "state" / "router" / "state.json")
 
-    assert_no_secret(seen_by_the_panel(pages, broker, [proc.log_path for proc in rigs.procs]),
+    assert_no_secret(seen_by_the_panel(pages, broker, rigs.logs()),
                      WALLET_KEY, COOKIE_PASSWORD)
