@@ -364,6 +364,16 @@ def test_the_routers_own_start_form_sends_the_published_entries_too(operator_cli
     assert [m["apiKey"] for m in args["config"]["models"]] == [KEY]
 
 
+def test_deleting_a_published_deployment_warns_that_the_router_keeps_its_entry_until_applied(operator_client, alpha,
+                                                                                           tiny):
+    url = f"/deployments/{tiny.pk}/delete/"
+    assert 'id="delete-listing"' not in page(operator_client.get(url))
+    Listing.objects.create(deployment=tiny, model_id=MODEL, model_name="tiny-llama")
+    text = page(operator_client.get(url))
+    assert 'id="delete-listing"' in text and "published on Morpheus as <strong>tiny-llama</strong>" in text
+    assert "/rigs/alpha/marketplace/" in text.split('id="delete-listing"')[1]
+
+
 def test_unpublishing_asks_first_then_removes_the_entry(operator_client, alpha, tiny,
                                                         django_capture_on_commit_callbacks):
     listing = Listing.objects.create(deployment=tiny, model_id=MODEL, model_name="tiny-llama")
