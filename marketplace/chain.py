@@ -5,6 +5,8 @@ the operation sent to the rig; and the market prices a provider bids against, wi
 
 import re
 
+from django.core import signing
+
 from hosting import benchmarks
 from hosting.economics import FLOOR_WEI_PER_SECOND, mor_text
 from hosting.services import Refused
@@ -108,6 +110,29 @@ def costs(action, params, router):
 def wire(params):
     """Params as they travel to the rig: amounts as integer strings (JSON has no big ints, never floats)."""
     return {key: str(value) if isinstance(value, int) else value for key, value in params.items()}
+
+
+CONFIRM_SALT = "marketplace.chain.confirm"
+CONFIRM_MAX_AGE = 15 * 60  # seconds a confirmation page stays good for
+
+
+def _confirmed_what(node, user, action, params):
+    return {"rig": node.pk, "user": user.pk, "action": action, "params": wire(params)}
+
+
+def confirmation(node, user, action, params):
+    """The token the confirmation page carries: it stands for exactly this action with these values, by this user on
+    this rig, for CONFIRM_MAX_AGE. Only a POST carrying it sends the action, so nothing reaches the chain without its
+    costs having been shown."""
+    return signing.dumps(_confirmed_what(node, user, action, params), salt=CONFIRM_SALT, compress=True)
+
+
+def is_confirmed(token, node, user, action, params):
+    try:
+        shown = signing.loads(token or "", salt=CONFIRM_SALT, max_age=CONFIRM_MAX_AGE)
+    except signing.BadSignature:  # also an expired one (SignatureExpired)
+        return False
+    return shown == _confirmed_what(node, user, action, params)
 
 
 def start(node, user, action, params):

@@ -58,10 +58,13 @@ def chain_action(request, name, action):
         params = form.cleaned_params
         try:
             chain.running_router(node)
-            if request.POST.get("confirmed") == "yes":
+            if chain.is_confirmed(request.POST.get("confirmed"), node, request.user, action, params):
                 operation = chain.start(node, request.user, action, params)
                 messages.success(request, f"Sent to {node.name}: {operation.target}. The outcome appears below.")
                 return redirect("rig_marketplace", node.name)
+            if request.POST.get("confirmed"):
+                messages.warning(request, "That confirmation was for other values, or is more than 15 minutes old: "
+                                          "check what this costs and confirm again.")
         except Refused as exc:
             form.add_error(None, str(exc))
         else:
@@ -73,5 +76,6 @@ def chain_action(request, name, action):
                            "suggested": suggested, "suggested_source": source}
             return render(request, "marketplace/chain_confirm.html", {
                 **context, "form": form, "carried": _carried(form), "costs": chain.costs(action, params, router),
+                "confirm_token": chain.confirmation(node, request.user, action, params),
                 "target": chain.target(action, params), **summary})
     return render(request, "marketplace/chain_action.html", {**context, "form": form})

@@ -162,3 +162,16 @@ def seen_by_the_panel(pages=(), broker=None, logs=()):
 def assert_no_secret(seen, *secrets):
     for secret in secrets:
         assert secret and not [text for text in seen if secret in text], f"{secret!r} leaked"
+
+
+def confirm_chain_action(client, url, data):
+    """Post an on-chain action's form, then confirm it from the page that shows its costs, as a provider does."""
+    import html
+    import re
+
+    from tests.helpers import page
+
+    text = page(client.post(url, data))
+    token = re.search(r'name="confirmed" value="([^"]+)"', text)
+    assert token, text[-2000:]
+    return client.post(url, {**data, "confirmed": html.unescape(token[1])})

@@ -8,7 +8,7 @@ import pytest
 
 from nodes.models import Operation
 from tests.helpers import free_port, make_node, page
-from tests.routerkit import MOR, WALLET, assert_no_secret, mid, seen_by_the_panel
+from tests.routerkit import MOR, WALLET, assert_no_secret, confirm_chain_action, mid, seen_by_the_panel
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import (COOKIE_PASSWORD, WALLET_KEY, _finished, _provider_env, _router_binary,
                                        _snapshot, _stop_router)
@@ -53,7 +53,7 @@ def test_a_bid_posted_from_the_page_after_the_fee_confirmation(rigs, operator_cl
         pages.append(text)
         assert "Every bid posted burns a non-refundable 0.3 MOR fee" in text
         assert not Operation.objects.filter(kind=Operation.ROUTER_CHAIN).exists()  # nothing before the confirmation
-        response = operator_client.post("/rigs/alpha/marketplace/chain/post_bid/", {**bid, "confirmed": "yes"})
+        response = confirm_chain_action(operator_client, "/rigs/alpha/marketplace/chain/post_bid/", bid)
         assert response.status_code == 302
 
         op = _finished(Operation.objects.get(kind=Operation.ROUTER_CHAIN))
@@ -73,7 +73,7 @@ def test_a_bid_posted_from_the_page_after_the_fee_confirmation(rigs, operator_cl
 
         # The router rate-limited: a plain failure, no second fee, nothing changed.
         hooks.write_text(json.dumps({"faults": {"/blockchain/bids": 429}}))
-        operator_client.post("/rigs/alpha/marketplace/chain/post_bid/", {**bid, "confirmed": "yes"})
+        confirm_chain_action(operator_client, "/rigs/alpha/marketplace/chain/post_bid/", bid)
         failed = _finished(Operation.objects.filter(kind=Operation.ROUTER_CHAIN).latest("pk"))
         assert failed.status == Operation.FAILED and "rate-limited (429)" in failed.message
         assert json.loads((router_dir / "data" / "badger" / "stub-chain.json").read_text()) == chain

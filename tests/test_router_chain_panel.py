@@ -2,6 +2,9 @@
 that says what each action costs before the operation goes to the rig, operators act and viewers read, the market
 prices beside the price a deployment's economics suggest. Commands go to this process's memory:// broker."""
 
+import html
+import re
+
 import pytest
 from django.test import Client
 
@@ -11,6 +14,7 @@ from nodes.agent import protocol
 from nodes.models import Operation
 from nodes.reports import clean_router
 from tests.helpers import page, queued_messages
+from tests.routerkit import confirm_chain_action
 from tests.test_marketplace import report
 from tests.test_views_benchmark import RESULT, _deployment, _rig, _succeed
 
@@ -150,7 +154,7 @@ def test_a_bid_is_posted_only_after_the_fee_is_confirmed(clients, alpha, django_
     assert 'id="chain-form-post_bid"' in back and 'value="0.000000013"' in back and not Operation.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = operator_client.post(URL.format("post_bid"), {**data, "confirmed": "yes"})
+        response = confirm_chain_action(operator_client, URL.format("post_bid"), data)
     assert response.status_code == 302 and response["Location"] == "/rigs/alpha/marketplace/"
     op = Operation.objects.get()
     assert op.kind == Operation.ROUTER_CHAIN and op.target == "post bid on 0xabab…abab"
@@ -178,9 +182,27 @@ def test_each_action_says_what_it_costs_before_it_is_sent(clients, alpha, action
     text = page(operator_client.post(URL.format(action), data))
     assert costs in text and 'id="chain-confirm-button"' in text and sent(alpha) == []
     with django_capture_on_commit_callbacks(execute=True):
-        assert operator_client.post(URL.format(action), {**data, "confirmed": "yes"}).status_code == 302
+        assert confirm_chain_action(operator_client, URL.format(action), data).status_code == 302
     (message,) = sent(alpha)
     assert message.kwargs == {"action": action, "params": params}
+
+
+def test_only_the_confirmation_shown_for_these_values_sends_the_action(clients, alpha,
+                                                                     django_capture_on_commit_callbacks):
+    operator_client, url = clients[2], URL.format("post_bid")
+    data = {"model_id": MID, "price": "0.000000013", "price_unit": "MOR"}
+    text = page(operator_client.post(url, data))
+    token = html.unescape(re.search(r'name="confirmed" value="([^"]+)"', text)[1])
+    cheaper = {**data, "price": "0.00000002"}
+    with django_capture_on_commit_callbacks(execute=True):
+        forged = page(operator_client.post(url, {**data, "confirmed": "yes"}))
+        swapped = page(operator_client.post(url, {**cheaper, "confirmed": token}))
+        viewer_made = page(clients[1].post(url, {**data, "confirmed": token}))
+    for text in (forged, swapped):
+        assert 'id="chain-confirm-button"' in text and "That confirmation was for other values" in text
+    assert "0.00000002 MOR (20000000000 wei) per second" in swapped
+    assert "chain-confirm-button" not in viewer_made
+    assert not Operation.objects.exists() and sent(alpha) == []
 
 
 # --- prices --------------------------------------------------------------------------------------------------------
