@@ -57,6 +57,10 @@ INSTALLED_APPS = [
     "models_catalog",
     "hosting",
     "marketplace",
+    "metrics",
+    "alerts",
+    "api",
+    "audit",
 ]
 
 MIDDLEWARE = [

@@ -13,5 +13,9 @@ urlpatterns = [
     path("", include("models_catalog.urls")),
     path("", include("hosting.urls")),
     path("", include("marketplace.urls")),
+    path("", include("metrics.urls")),
+    path("", include("alerts.urls")),
+    path("", include("api.urls")),
+    path("", include("audit.urls")),
     path("", include("nodes.urls")),
 ]
