@@ -17,7 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Prefetch
 from django.utils import timezone
-from ninja import NinjaAPI, Query
+from ninja import NinjaAPI, Query, Status
 from ninja.errors import AuthenticationError, HttpError, Throttled
 
 from api import schemas
@@ -98,7 +98,7 @@ def _get(queryset, what, **lookup):
 
 def _act(request, action, target, start):
     """Run one action as the button does: the operator check, the service call in a transaction, the audit row.
-    Returns (202, the operation)."""
+    Returns 202 with the operation."""
     if not is_operator(request.user):
         record(action, request=request, target=target, outcome=AuditEvent.REFUSED, detail={"reason": "viewer"})
         raise PermissionDenied(VIEWER_REFUSAL)
@@ -109,7 +109,7 @@ def _act(request, action, target, start):
         record(action, request=request, target=target, outcome=AuditEvent.REFUSED, detail={"reason": str(exc)})
         raise HttpError(409, f"Not started: {exc}") from None
     record(action, request=request, target=target, detail={"operation": operation.pk, "rig": operation.node.name})
-    return 202, schemas.operation_out(operation)
+    return Status(202, schemas.operation_out(operation))
 
 
 # --- rigs -------------------------------------------------------------------------------------------------------
@@ -226,9 +226,13 @@ def get_deployment(request, deployment_id: int):
     return schemas.deployment_out(_get(_deployments(), "deployment", pk=deployment_id))
 
 
+def _named(deployment):
+    return f"{deployment.node.name}/{deployment.name}"
+
+
 def _set_desired(request, deployment_id, action):
     deployment = _get(_deployments(), "deployment", pk=deployment_id)
-    return _act(request, f"deployment.{action}", str(deployment),
+    return _act(request, f"deployment.{action}", _named(deployment),
                 lambda: services.set_desired(deployment, action, request.user))
 
 
@@ -253,7 +257,7 @@ def benchmark_deployment(request, deployment_id: int, body: BenchmarkIn):
     """A throughput sweep of a healthy server, 1 to `parallel` streams; empty lengths fit the server's slots."""
     deployment = _get(_deployments(), "deployment", pk=deployment_id)
     wanted = {key: value for key, value in body.dict().items() if value is not None}
-    return _act(request, "deployment.benchmark", str(deployment),
+    return _act(request, "deployment.benchmark", _named(deployment),
                 lambda: services.start_benchmark(deployment, request.user, wanted))
 
 

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "django_htmx",
     "template_partials",
+    "ninja",  # installed so the API docs page serves its own Swagger UI files, not a CDN's
     "nodes",
     "models_catalog",
     "hosting",
