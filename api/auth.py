@@ -12,6 +12,13 @@ from audit.models import AuditEvent
 
 
 class TokenAuth(HttpBearer):
+    def __call__(self, request):
+        # Not HttpBearer's own: in DEBUG it logs a header with another scheme whole, and that may be a token.
+        scheme, _, secret = request.headers.get(self.header, "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            return None
+        return self.authenticate(request, secret.strip())
+
     def authenticate(self, request, token):
         address = client_address(request) or "unknown"
         failed_key = f"api-auth-failed:{address}"

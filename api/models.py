@@ -73,6 +73,8 @@ class ApiToken(models.Model):
     def touch(self, now=None):
         """Record a use, at most once a minute: one conditional UPDATE, so a busy script costs no write per call."""
         now = now or timezone.now()
+        if self.last_used_at is not None and now - self.last_used_at < TOUCH_EVERY:
+            return False  # read with the token a moment ago: no query at all
         stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - TOUCH_EVERY)
         if ApiToken.objects.filter(stale, pk=self.pk).update(last_used_at=now):
             self.last_used_at = now

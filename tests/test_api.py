@@ -467,3 +467,38 @@ def test_the_sliding_window_allows_a_burst_then_frees_up_as_it_slides():
     assert ratelimit.hit("k", 4, now=t0 + 75) == 15
     assert ratelimit.hit("k", 4, now=t0 + 90) is None
     assert ratelimit.hit("k", 4, now=t0 + 181) is None  # two windows on, nothing counts
+
+
+# --- with a real rig agent ------------------------------------------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_script_downloads_a_model_to_a_real_rig_and_follows_the_operation(rigs, client, operator, hub, tmp_path,
+                                                                            settings):
+    from tests.gguf_model import write_tiny_llama
+    from tests.harness import wait_until
+
+    settings.HF_ENDPOINT = hub.url
+    settings.API_RATE = 100_000  # the test polls faster than a script would
+    path = write_tiny_llama(tmp_path / "tiny.gguf", chat_template="{{ bos_token }}")
+    hub.add_file("test-org/Tiny-GGUF", "tiny-Q8_0.gguf", path)
+    hub.add_repo("test-org/Tiny-GGUF")
+    repo = CatalogModel.objects.create(repo_id="test-org/Tiny-GGUF", name="Tiny")
+    model_file = ModelFile.objects.create(model=repo, filename="tiny-Q8_0.gguf", size=path.stat().st_size)
+    alpha, token = make_node("alpha")
+    rigs.start("alpha", token)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(operator, 'fleet script')[1]}"}
+
+    catalogue = client.get("/api/v1/catalogue", **auth).json()
+    [file_id] = [f["id"] for model in catalogue for f in model["files"] if f["filename"] == "tiny-Q8_0.gguf"]
+    started = client.post("/api/v1/rigs/alpha/downloads", data={"model_file_id": file_id},
+                          content_type="application/json", **auth)
+    assert started.status_code == 202
+    follow = started.json()["url"]
+    done = wait_until(lambda: (lambda op: op if op["terminal"] else None)(client.get(follow, **auth).json()),
+                      timeout=90, message="the download to end")
+    assert (done["status"], done["kind"], done["requested_by"]) == ("succeeded", "download_model", "olga"), done
+    files = wait_until(lambda: client.get("/api/v1/model-files?rig=alpha", **auth).json() or None, timeout=30,
+                       message="the rig to report the file")
+    assert [(f["filename"], f["verified"], f["model_file_id"]) for f in files] == [("tiny-Q8_0.gguf", True, file_id)]
+    event = AuditEvent.objects.get(action="model.download")
+    assert (event.via, event.username, event.detail["operation"]) == ("api", "olga", done["id"])
