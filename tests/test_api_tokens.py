@@ -134,3 +134,26 @@ def test_a_token_sent_the_wrong_way_is_refused_and_not_logged(client, viewer, se
         for header in (f"Token {secret}", f"Basic {secret}", secret, f"Bearer {secret}x"):
             assert client.get("/api/v1/rigs", HTTP_AUTHORIZATION=header).status_code == 401
     assert secret not in caplog.text and "typo" not in caplog.text
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_in_chromium_a_token_is_shown_once_then_revoked(page, live_server, viewer):
+    from playwright.sync_api import expect
+
+    from tests.test_browser import WAIT_MS, log_in
+
+    log_in(page, live_server, "victor", "viewer-pass-1")
+    page.get_by_role("link", name="API tokens").click()
+    page.get_by_label("Name").fill("grafana")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator("#token-secret").inner_text(timeout=WAIT_MS).strip()
+    assert SECRET_RE.fullmatch(secret)
+    expect(page.locator("#token-list")).to_contain_text(f"{secret[:12]}…")
+    page.goto(f"{live_server.url}/account/tokens/")
+    expect(page.locator("#token-secret")).to_have_count(0)
+    assert secret not in page.content()
+    page.locator("#token-list tr", has_text=secret[:12]).get_by_role("link", name="Revoke…").click()
+    page.get_by_role("button", name="Revoke token").click()
+    expect(page.get_by_text(f"Token grafana ({secret[:12]}…) revoked")).to_be_visible()
+    assert ApiToken.objects.get(prefix=secret[:12]).state == "revoked"
