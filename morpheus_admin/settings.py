@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "django_htmx",
     "template_partials",
+    "ninja",  # installed so the API docs page serves its own Swagger UI files, not a CDN's
     "nodes",
     "models_catalog",
     "hosting",
@@ -259,3 +260,8 @@ LOGGING = {
 HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 # Refuse a download when the rig's free space would drop under this margin.
 DOWNLOAD_DISK_MARGIN = _env(envconf.env_int, "MORPHEUS_DOWNLOAD_DISK_MARGIN_MB", 1024, minimum=0) * 1024 * 1024
+
+# --- JSON API (api/): requests a minute per token (all may come at once), and failed authentications a minute per
+# address before that address is refused for a while; counted in the default cache (per process: api/ratelimit.py).
+API_RATE = _env(envconf.env_int, "MORPHEUS_API_RATE", 120, minimum=1)
+API_FAILED_AUTH_RATE = _env(envconf.env_int, "MORPHEUS_API_FAILED_AUTH_RATE", 20, minimum=1)
