@@ -12,6 +12,7 @@ from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from hosting.models import Build, Deployment
@@ -22,6 +23,7 @@ from models_catalog.models import RigFile
 from nodes.agent.protocol import ROUTER_STATES
 from nodes.models import GPU, Node, Operation
 from tests.helpers import make_node, report
+from tests.test_deploy import manage
 from tests.test_reports import hardware, telemetry
 
 pytestmark = pytest.mark.django_db
@@ -431,3 +433,23 @@ def test_prometheus_scrapes_the_panel_with_the_token_file():
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/morpheus.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_prometheus_asking_for_openmetrics_gets_it_parseable(client):
+    full_rig("alpha")
+    response = scrape(client, HTTP_ACCEPT="application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    families = {family.name: family for family in openmetrics_families(response.content.decode())}
+    assert families["morpheus_operations"].type == "counter"
+    assert families["DCGM_FI_DEV_GPU_TEMP"].samples[0].value == GPU.objects.get(index=0).temp_c
+
+
+def test_the_panel_refuses_to_start_with_an_allow_list_it_cannot_read(tmp_path):
+    result = manage("check", env_overrides={"MORPHEUS_METRICS_ALLOW": "10.0.0.0/8, 192.168.1.1/24"}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert ("ImproperlyConfigured: MORPHEUS_METRICS_ALLOW: '192.168.1.1/24' is not a network "
+            "(192.168.1.1/24 has host bits set)") in result.stderr
+    result = manage("check", env_overrides={"MORPHEUS_METRICS_TOKEN": "tiny"}, tmp_path=tmp_path)
+    assert result.returncode != 0 and "MORPHEUS_METRICS_TOKEN is shorter than 16 characters" in result.stderr
+    assert manage("check", env_overrides={"MORPHEUS_METRICS_ALLOW": "10.0.0.0/8,::1", "MORPHEUS_METRICS_TOKEN": TOKEN},
+                  tmp_path=tmp_path).returncode == 0
