@@ -154,6 +154,13 @@ def test_a_wrong_token_is_refused_even_from_an_allowed_network(settings):
     assert right.status_code == 200
 
 
+def test_prometheus_inside_the_deployment_is_not_redirected_to_https(client, settings):
+    settings.SECURE_SSL_REDIRECT = True  # production's default; compose's Prometheus speaks plain HTTP to web:8000
+    assert client.get("/").status_code == 301
+    response = scrape(client)
+    assert response.status_code == 200 and b"morpheus_operations_total" in response.content
+
+
 def test_it_refuses_a_post(client):
     assert client.post("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 405
 
