@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.http import HttpResponse
+from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -9,6 +10,7 @@ from metrics.collector import FleetCollector
 
 
 @require_GET
+@gzip_page  # Prometheus asks for gzip: 200 rigs × 8 GPUs are ~2.5 MB of text, a tenth of it compressed
 def scrape(request):
     """Prometheus's scrape: refused unless the bearer token is right or the client's network is allowed."""
     status, reason = access.decide(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR", ""),

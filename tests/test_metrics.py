@@ -1,6 +1,7 @@
 """/metrics for Prometheus: who may scrape it, what it says (parsed with prometheus-client's own parser and held
 against the database rows), what a scrape costs as the fleet grows, and the Grafana dashboard shipped beside it."""
 
+import gzip
 import json
 import re
 from datetime import timedelta
@@ -159,6 +160,18 @@ def test_prometheus_inside_the_deployment_is_not_redirected_to_https(client, set
     assert client.get("/").status_code == 301
     response = scrape(client)
     assert response.status_code == 200 and b"morpheus_operations_total" in response.content
+
+
+def test_a_scrape_asking_for_gzip_gets_it_compressed(client):
+    full_rig("alpha", gpus=8)
+    plain = scrape(client).content
+    response = scrape(client, HTTP_ACCEPT_ENCODING="gzip")
+    assert response["Content-Encoding"] == "gzip" and len(response.content) < len(plain) / 3
+    found, _ = samples(gzip.decompress(response.content).decode())
+    before = samples(plain.decode())[0]
+    assert found.keys() == before.keys()
+    assert {k: v for k, v in found.items() if k[0].startswith("DCGM")} == {
+        k: v for k, v in before.items() if k[0].startswith("DCGM")}
 
 
 def test_it_refuses_a_post(client):
