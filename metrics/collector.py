@@ -160,6 +160,8 @@ class FleetCollector:
                   *(field for _, field, _ in readings)]
         for row in GPU.objects.order_by("node_id", "index").values_list(*fields):
             gpu = dict(zip(fields, row))
+            if gpu["node_id"] not in names:  # its rig was enrolled between the two queries: next scrape
+                continue
             labels = [names[gpu["node_id"]], str(gpu["index"]), gpu["uuid"], gpu["name"]]
             total.add_metric(labels, gpu["vram_total"] / MiB)
             if gpu["power_limit_w"] is not None:
