@@ -209,8 +209,8 @@ class FleetCollector:
     # --- operations -----------------------------------------------------------------------------------------------
     def operation_families(self):
         done = CounterMetricFamily("morpheus_operations", "Operations (rig work: builds, downloads, launches, "
-                                   "benchmarks, ...) that ended, by kind and outcome; rows of a removed rig go with it.",
-                                   labels=["kind", "outcome"])
+                                   "benchmarks, ...) that ended, by kind and outcome; rows of a removed rig go with "
+                                   "it.", labels=["kind", "outcome"])
         running = GaugeMetricFamily("morpheus_operations_in_progress", "Operations queued for a rig or running on it, "
                                     "by kind.", labels=["kind", "status"])
         counts = {(kind, status): n for kind, status, n in

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PANEL_SERVICES = {"postgres", "redis", "web", "worker", "beat", "agent"}
@@ -196,7 +198,10 @@ def test_the_monitoring_profile_adds_prometheus_scraping_the_panel_and_grafana_w
     assert token not in json.dumps(services["prometheus"]) and token not in json.dumps(services["grafana"])
     grafana = mounts("grafana")
     assert grafana["/etc/grafana/provisioning"] == str(ROOT / "deploy/grafana/provisioning")
-    assert grafana["/var/lib/grafana/dashboards/morpheus.json"] == str(ROOT / "deploy/grafana/morpheus.json")
+    # The dashboard lands in the folder the provisioning file tells Grafana to load.
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/morpheus.yml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    assert grafana[f"{folder}/morpheus.json"] == str(ROOT / "deploy/grafana/morpheus.json")
     for source in (*prometheus.values(), *grafana.values()):
         assert not source.startswith("/") or Path(source).exists(), source
     for name in ("prometheus", "grafana"):
