@@ -1,1 +1,7 @@
-urlpatterns = []
+from django.urls import path
+
+from metrics import views
+
+urlpatterns = [
+    path("metrics", views.scrape, name="metrics"),
+]

@@ -265,3 +265,16 @@ DOWNLOAD_DISK_MARGIN = _env(envconf.env_int, "MORPHEUS_DOWNLOAD_DISK_MARGIN_MB",
 # address before that address is refused for a while; counted in the default cache (per process: api/ratelimit.py).
 API_RATE = _env(envconf.env_int, "MORPHEUS_API_RATE", 120, minimum=1)
 API_FAILED_AUTH_RATE = _env(envconf.env_int, "MORPHEUS_API_FAILED_AUTH_RATE", 20, minimum=1)
+
+# --- Prometheus /metrics (metrics/): a bearer token, or client networks allowed without one; neither set: refused.
+# Behind a reverse proxy on the same host every client arrives from the proxy's address: use the token there.
+from metrics import access as metrics_access  # noqa: E402  (plain Python, no Django)
+
+try:
+    METRICS_TOKEN = metrics_access.parse_token(os.environ.get("MORPHEUS_METRICS_TOKEN", ""))
+    METRICS_ALLOW = metrics_access.parse_networks(_env(envconf.env_list, "MORPHEUS_METRICS_ALLOW", []))
+except metrics_access.AccessConfigError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+# A scraper inside the deployment (compose's Prometheus) speaks plain HTTP to web:8000; a redirect to https would not
+# protect its token anyway, which goes with the first request.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PANEL_SERVICES = {"postgres", "redis", "web", "worker", "beat", "agent"}
@@ -103,15 +105,15 @@ def compose_binary():
     return binary
 
 
-def compose(compose_file, *args, secrets_env=COMPOSE_SECRETS, tmp_path):
+def compose(compose_file, *args, secrets_env=COMPOSE_SECRETS, tmp_path, profiles=("rig",)):
     env_file = tmp_path / "compose.env"
     env_file.write_text("".join(f"{key}={value}\n" for key, value in secrets_env.items()))
     # Only the env file: a developer's shell or .env must not make the file look valid.
     env = {key: os.environ[key] for key in ("PATH", "HOME", "TMPDIR") if key in os.environ}
     env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")  # the binary works standalone; keep ~/.docker out
     return subprocess.run(
-        [str(compose_binary()), "--file", str(compose_file), "--env-file", str(env_file), "--profile", "rig",
-         *args],
+        [str(compose_binary()), "--file", str(compose_file), "--env-file", str(env_file),
+         *(arg for profile in profiles for arg in ("--profile", profile)), *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
 
@@ -171,6 +173,40 @@ def test_it_renders_the_panel_the_worker_beat_and_a_gpu_rig_agent(tmp_path):
     for name in ("postgres", "redis", "web", "worker", "beat", "agent"):
         assert services[name]["restart"] == "unless-stopped", name
     assert services["migrate"]["restart"] == "no"
+    assert not {"prometheus", "grafana"} & set(services)  # monitoring is a profile of its own, off by default
+
+
+def test_the_monitoring_profile_adds_prometheus_scraping_the_panel_and_grafana_with_the_dashboard(tmp_path):
+    token = "compose-metrics-token-" + "m" * 20
+    result = compose(COMPOSE_FILE, "config", "--format", "json", secrets_env={**COMPOSE_SECRETS,
+                     "MORPHEUS_METRICS_TOKEN": token}, profiles=("monitoring",), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    services = config["services"]
+    assert {"prometheus", "grafana"} <= set(services) and "agent" not in services
+    assert services["web"]["environment"]["MORPHEUS_METRICS_TOKEN"] == token
+    assert "web" in services["web"]["environment"]["DJANGO_ALLOWED_HOSTS"].split(",")  # Prometheus's Host header
+
+    def mounts(service):
+        return {volume["target"]: volume["source"] for volume in services[service]["volumes"]}
+
+    prometheus = mounts("prometheus")
+    assert prometheus["/etc/prometheus/prometheus.yml"] == str(ROOT / "deploy/prometheus/prometheus.yml")
+    assert [secret["source"] for secret in services["prometheus"]["secrets"]] == ["metrics_token"]
+    # The token reaches Prometheus as the file its scrape config reads, from the same variable the panel reads.
+    assert config["secrets"]["metrics_token"]["environment"] == "MORPHEUS_METRICS_TOKEN"
+    assert token not in json.dumps(services["prometheus"]) and token not in json.dumps(services["grafana"])
+    grafana = mounts("grafana")
+    assert grafana["/etc/grafana/provisioning"] == str(ROOT / "deploy/grafana/provisioning")
+    # The dashboard lands in the folder the provisioning file tells Grafana to load.
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/morpheus.yml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    assert grafana[f"{folder}/morpheus.json"] == str(ROOT / "deploy/grafana/morpheus.json")
+    for source in (*prometheus.values(), *grafana.values()):
+        assert not source.startswith("/") or Path(source).exists(), source
+    for name in ("prometheus", "grafana"):
+        assert services[name]["ports"][0]["host_ip"] == "127.0.0.1", name  # loopback unless published on purpose
+        assert services[name]["restart"] == "unless-stopped"
 
 
 SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "morpheus-agent@.service"
