@@ -102,7 +102,8 @@ def rows(*, user="", action="", outcome="", text="", since=None, until=None, via
         events = events.filter(via=via)
         # Only a requester-less operation is known to be the panel's own; the others' channel is not stored.
         operations = operations.filter(requested_by__isnull=True) if via == AuditEvent.SYSTEM else operations.none()
-    merged = events.values(*_COLUMNS).union(operations.values(*_COLUMNS), all=True)
+    # Each half without its model's default ordering: a compound statement is ordered once, as a whole.
+    merged = events.order_by().values(*_COLUMNS).union(operations.order_by().values(*_COLUMNS), all=True)
     return merged.order_by("-a_at", "-a_source", "-a_id")
 
 

@@ -1,6 +1,7 @@
 """The audit log page (operators and viewers: "a partner, an auditor" reads it) and its CSV export."""
 
 import csv
+import datetime
 
 from django import forms
 from django.conf import settings
@@ -49,7 +50,7 @@ def safe_cell(value):
 
 def csv_line(entry):
     return [safe_cell(value) for value in (
-        entry["at"].astimezone(timezone.utc).isoformat(), entry["user"], entry["action"], entry["target"],
+        entry["at"].astimezone(datetime.timezone.utc).isoformat(), entry["user"], entry["action"], entry["target"],
         entry["rig"], entry["outcome"], entry["address"], entry["via"], entry["source"], entry["id"], entry["detail"])]
 
 

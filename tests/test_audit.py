@@ -215,3 +215,165 @@ def test_it_records_the_economics_settings_changed(operator_client):
     event = only("economics.change")
     assert event.detail == {"electricity_usd_per_kwh": [str(row.electricity_usd_per_kwh), "0.2500"]}
     assert (event.username, event.address) == ("olga", ADDRESS)
+
+
+# --- the page ------------------------------------------------------------------------------------------------------
+def _event(action, minutes_ago, **fields):
+    event = record(action, **fields)
+    AuditEvent.objects.filter(pk=event.pk).update(at=timezone.now() - timedelta(minutes=minutes_ago))
+    return event
+
+
+def _operation(node, kind, minutes_ago, user=None, status=Operation.SUCCEEDED, target=""):
+    return Operation.objects.create(node=node, kind=kind, requested_by=user, status=status, target=target,
+                                    created=timezone.now() - timedelta(minutes=minutes_ago))
+
+
+@pytest.fixture
+def log(operator, viewer):
+    """Events and operations interleaved in time: newest first they read e1 o1 e2 o2 e3 o3."""
+    AuditEvent.objects.all().delete()  # the fixtures' own users and roles
+    node, _ = make_node("rig-01")
+    return {
+        "e1": _event("token.create", 1, user=operator, target="laptop script", via=AuditEvent.API),
+        "o1": _operation(node, Operation.LAUNCH, 2, user=operator, status=Operation.FAILED, target="qwen"),
+        "e2": _event("login", 3, username="mallory", outcome=AuditEvent.FAILED, via=AuditEvent.WEB),
+        "o2": _operation(node, Operation.PING, 4, status=Operation.RUNNING),
+        "e3": _event("rig.enrol", 60 * 24 * 3, user=operator, target="rig-01", via=AuditEvent.WEB),
+        "o3": _operation(node, Operation.DOWNLOAD_MODEL, 60 * 24 * 3 + 1, user=viewer, target="=HYPERLINK(1)"),
+    }
+
+
+def shown(response):
+    """(source, action) of the rows on the page, top to bottom."""
+    import re
+    return re.findall(r'<tr data-source="(\w+)" data-action="([\w.]+)"', response.content.decode())
+
+
+@pytest.mark.parametrize("who, status", [("anonymous", 302), ("viewer", 200), ("operator", 200)])
+def test_it_shows_the_log_to_viewers_and_operators_only(client, operator, viewer, log, who, status):
+    if who != "anonymous":
+        client.force_login(viewer if who == "viewer" else operator)
+    for url in ("/audit/", "/audit/?format=csv"):
+        response = client.get(url)
+        assert response.status_code == status
+        if status == 302:
+            assert response["Location"].startswith("/login/")
+
+
+def test_it_lists_events_and_operations_newest_first(viewer_client, log):
+    response = viewer_client.get("/audit/")
+    assert shown(response)[:6] == [("event", "token.create"), ("operation", "launch"), ("event", "login"),
+                                   ("operation", "ping"), ("event", "rig.enrol"), ("operation", "download_model")]
+    text = page(response)
+    assert "API token created" in text and "launch server" in text and "mallory" in text
+    assert 'href="/audit/"' in text  # in the navigation
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("user=olga", ["e1", "o1", "e3"]),
+    ("user=mallory", ["e2"]),
+    ("action=launch", ["o1"]),
+    ("action=login", ["e2"]),
+    ("outcome=failed", ["o1", "e2"]),
+    ("outcome=pending", ["o2"]),
+    ("outcome=ok", ["e1", "e3", "o3"]),
+    ("q=rig-01", ["o1", "o2", "e3", "o3"]),
+    ("q=laptop", ["e1"]),
+    ("via=api", ["e1"]),
+    ("via=system", ["o2"]),
+    ("since={today}", ["e1", "o1", "e2", "o2"]),
+    ("until={three_days_ago}", ["e3", "o3"]),
+    ("user=olga&outcome=ok&since={three_days_ago}&until={today}", ["e1", "e3"]),
+])
+def test_it_filters_the_page_and_the_csv_alike(viewer_client, log, query, expected):
+    today = timezone.now().date()
+    query = query.format(today=today.isoformat(), three_days_ago=(timezone.now() - timedelta(days=3)).date())
+    if "since=" + today.isoformat() in query and (timezone.now() - timedelta(minutes=5)).date() != today:
+        pytest.skip("the rows of 'today' straddle midnight")
+    keys = [(("operation" if name[0] == "o" else "event"), log[name].pk) for name in expected]
+    expected_rows = [(source, log[name].pk) for (source, _), name in zip(keys, expected)]
+    response = viewer_client.get(f"/audit/?{query}")
+    assert response.status_code == 200
+    actions = [(("operation" if name[0] == "o" else "event"),
+                log[name].kind if name[0] == "o" else log[name].action) for name in expected]
+    assert [row for row in shown(response) if row[1] != "audit.export"] == actions
+    rows = [row for row in csv_rows(viewer_client.get(f"/audit/?{query}&format=csv")) if row["action"] != "audit.export"]
+    assert [(row["source"], int(row["id"])) for row in rows] == expected_rows
+
+
+def test_it_exports_every_column_with_iso_times_and_records_the_export(viewer_client, viewer, log):
+    rows = csv_rows(viewer_client.get("/audit/?format=csv"))
+    export = only("audit.export")  # recorded before the rows are read, so it is the newest one
+    assert (export.user, export.outcome, rows[0]["action"], rows[0]["user"]) == (viewer, "ok", "audit.export", "victor")
+    rows = rows[1:]
+    assert list(rows[0]) == ["time", "user", "action", "target", "rig", "outcome", "address", "channel", "source",
+                             "id", "detail"]
+    first = rows[0]
+    e1 = AuditEvent.objects.get(pk=log["e1"].pk)
+    assert first == {"time": e1.at.isoformat(), "user": "olga", "action": "token.create", "target": "laptop script",
+                     "rig": "", "outcome": "ok", "address": "", "channel": "api", "source": "event",
+                     "id": str(e1.pk), "detail": ""}
+    launch = rows[1]
+    assert (launch["user"], launch["rig"], launch["outcome"], launch["target"], launch["channel"]) == (
+        "olga", "rig-01", "failed", "qwen", "")
+    assert timezone.datetime.fromisoformat(launch["time"]) == log["o1"].created
+
+
+def test_it_neutralises_formulas_in_the_csv(viewer_client, log):
+    _event("login", 0, username="=cmd|' /C calc'!A0", outcome=AuditEvent.FAILED)
+    _event("rig.enrol", 0, username="olga", target="@SUM(1+1)")
+    _event("rig.enrol", 0, username="olga", target="+1-2", detail={"note": "-3"})
+    rows = csv_rows(viewer_client.get("/audit/?format=csv"))
+    cells = [cell for row in rows for cell in row.values()]
+    assert "'=cmd|' /C calc'!A0" in cells and "'@SUM(1+1)" in cells and "'+1-2" in cells
+    assert "'=HYPERLINK(1)" in cells and "'note: -3" not in cells and "note: -3" in cells
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+    assert [safe_cell(v) for v in ("=1", "+1", "-1", "@a", "\tx", "ok", "", None, 5)] == [
+        "'=1", "'+1", "'-1", "'@a", "'\tx", "ok", "", "", "5"]
+
+
+def test_it_refuses_bad_filters_with_a_clear_error(viewer_client, log):
+    for query, message in [("since=yesterday", "since: Enter a valid date."),
+                           ("since=2026-02-02&until=2026-02-01", "The “From” day is after the “To” day."),
+                           ("outcome=maybe", "Select a valid choice"), ("via=fax", "Select a valid choice")]:
+        response = viewer_client.get(f"/audit/?{query}")
+        assert response.status_code == 400 and message in page(response)
+        assert viewer_client.get(f"/audit/?{query}&format=csv").status_code == 400
+
+
+def _fill(count, node, user):
+    now = timezone.now()
+    AuditEvent.objects.bulk_create([AuditEvent(action="login", username=user.username, user=user,
+                                               address="192.0.2.5") for _ in range(count)])
+    Operation.objects.bulk_create([Operation(node=node, kind=Operation.PING, requested_by=user,
+                                             created=now - timedelta(seconds=i)) for i in range(count)])
+
+
+def test_it_pages_in_a_constant_number_of_queries(viewer_client, viewer, settings):
+    settings.AUDIT_PAGE_SIZE = 20
+    node, _ = make_node("rig-01")
+    _fill(3, node, viewer)
+    with CaptureQueriesContext(connection) as few:
+        assert viewer_client.get("/audit/").status_code == 200
+    _fill(40, node, viewer)
+    with CaptureQueriesContext(connection) as many:
+        response = viewer_client.get("/audit/?page=2")
+    assert response.status_code == 200 and len(shown(response)) == 20
+    assert len(many) == len(few), [q["sql"] for q in many]
+
+
+def test_it_pages_through_the_merged_log_without_gaps_or_repeats(viewer_client, viewer, settings):
+    settings.AUDIT_PAGE_SIZE = 7
+    node, _ = make_node("rig-01")
+    AuditEvent.objects.all().delete()
+    _fill(12, node, viewer)
+    seen = []
+    for number in range(1, 5):
+        response = viewer_client.get(f"/audit/?page={number}")
+        seen += shown(response)
+    assert len(seen) == 24 and seen.count(("event", "login")) == 12 and seen.count(("operation", "ping")) == 12
+    assert "page 4 of 4" in page(viewer_client.get("/audit/?page=4"))
+    with_ids = [(row["source"], row["id"]) for row in csv_rows(viewer_client.get("/audit/?format=csv"))
+                if row["action"] != "audit.export"]
+    assert len(set(with_ids)) == 24
