@@ -3,11 +3,15 @@ merges those events with the operations, filters them, pages them in a constant 
 exactly the filtered rows as CSV that a spreadsheet cannot run."""
 
 import csv
+import importlib.machinery
+import importlib.util
 import io
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from axes.models import AccessAttempt
 from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.test import Client
@@ -24,8 +28,10 @@ from nodes import reauth
 from nodes.models import Node, Operation
 from nodes.permissions import OPERATORS_GROUP, VIEWERS_GROUP
 from tests.helpers import make_node, page
+from tests.test_envconf import settings_import
 
 pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
 
 ADDRESS = "203.0.113.9"
 AT = {"REMOTE_ADDR": ADDRESS}
@@ -104,6 +110,15 @@ def test_it_takes_the_address_from_a_trusted_proxy_only(client, operator, settin
     client.post("/login/", {"username": "olga", "password": "guess"}, **forwarded)
     # The first hop is whatever the client wrote; the proxy vouches only for the address it saw.
     assert [e.address for e in events("login")] == ["10.0.0.2", ADDRESS]
+    # The lockout counts failures by the same address.
+    assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"10.0.0.2", ADDRESS}
+
+
+def test_it_refuses_to_start_with_a_trusted_proxy_it_cannot_read():
+    done = settings_import(MORPHEUS_TRUSTED_PROXIES="10.0.0.1,proxy.local")
+    assert done.returncode != 0
+    assert "MORPHEUS_TRUSTED_PROXIES: 'proxy.local' is not an address or a network" in done.stderr
+    assert settings_import(MORPHEUS_TRUSTED_PROXIES="10.0.0.1, 172.18.0.0/16,::1").returncode == 0
 
 
 # --- second factor, password again, lockouts ---------------------------------------------------------------------
@@ -205,6 +220,20 @@ def test_it_records_a_rig_enrolled_its_token_replaced_and_removed(operator_clien
         event = only(action)
         assert (event.username, event.target, event.address, event.outcome) == ("olga", "rig-07", ADDRESS, "ok")
     no_secret_in_log(token)
+
+
+def test_it_records_this_machines_rig_enrolled_by_scripts_run(transactional_db, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    loader = importlib.machinery.SourceFileLoader("scripts_run_under_test", str(ROOT / "scripts" / "run"))
+    run = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(run)
+    name, token, _ = run.ensure_local_rig(tmp_path)
+    run.ensure_local_rig(tmp_path)  # the token file matches: nothing happens
+    (tmp_path / "local-rig.json").unlink()
+    _, new_token, _ = run.ensure_local_rig(tmp_path)
+    assert [(e.action, e.target, e.via, e.user) for e in events("rig.enrol") + events("rig.token")] == [
+        ("rig.enrol", name, AuditEvent.SYSTEM, None), ("rig.token", name, AuditEvent.SYSTEM, None)]
+    no_secret_in_log(token, new_token)
 
 
 def test_it_records_the_economics_settings_changed(operator_client):
