@@ -22,23 +22,21 @@ def client_address(request):
     Also django-axes' AXES_CLIENT_IP_CALLABLE, so a lockout and the audit log name the same address."""
     if request is None:
         return None
-    remote = request.META.get("REMOTE_ADDR") or None
-    if not remote or not settings.TRUSTED_PROXIES:
-        return remote
-    try:
-        if not _is_trusted_proxy(ipaddress.ip_address(remote)):
-            return remote
+    try:  # a server on a Unix socket may leave it empty or write something else: then no address
+        remote = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
     except ValueError:
         return None
+    if not settings.TRUSTED_PROXIES or not _is_trusted_proxy(remote):
+        return str(remote)
     hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
     for hop in reversed(hops):
         try:
             address = ipaddress.ip_address(hop)
         except ValueError:
-            return remote  # a hop a proxy would not write: keep the address we know
+            return str(remote)  # a hop a proxy would not write: keep the address we know
         if not _is_trusted_proxy(address):
             return str(address)
-    return remote
+    return str(remote)
 
 
 def record(action, *, request=None, user=None, username="", target="", outcome=AuditEvent.OK, via=None, detail=None):

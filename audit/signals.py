@@ -6,6 +6,7 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
+from django_otp import user_has_device
 
 from audit.log import current_request, record
 from audit.models import AuditEvent
@@ -20,7 +21,8 @@ _WATCHED = ("is_active", "is_superuser", "password")
 
 @receiver(user_logged_in)
 def _logged_in(sender, request, user, **kwargs):
-    record("login", request=request, user=user)
+    # With a second factor the password was only the first step: login.code records the second.
+    record("login", request=request, user=user, detail={"code": "asked next"} if user_has_device(user) else None)
 
 
 @receiver(user_logged_out)

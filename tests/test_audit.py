@@ -101,6 +101,12 @@ def test_it_records_second_factor_codes_right_and_wrong(client, operator):
     client.post("/login/verify/", {"code": code_for(device)}, **AT)
     assert [(e.username, e.outcome, e.address) for e in events("login.code")] == [
         ("olga", AuditEvent.FAILED, ADDRESS), ("olga", AuditEvent.OK, ADDRESS)]
+    assert only("login").detail == {"code": "asked next"}
+
+
+def test_it_records_no_address_when_the_server_gives_none_that_reads_as_one(client, operator):
+    client.post("/login/", {"username": "olga", "password": "guess"}, REMOTE_ADDR="unix:/run/panel.sock")
+    assert only("login").address is None
 
 
 def test_it_takes_the_address_from_a_trusted_proxy_only(client, operator, settings):
@@ -108,8 +114,13 @@ def test_it_takes_the_address_from_a_trusted_proxy_only(client, operator, settin
     client.post("/login/", {"username": "olga", "password": "guess"}, **forwarded)
     settings.TRUSTED_PROXIES = ["10.0.0.0/24"]
     client.post("/login/", {"username": "olga", "password": "guess"}, **forwarded)
+    # Two proxies in a row: the client is the last hop that is not one of them.
+    client.post("/login/", {"username": "olga", "password": "guess"}, REMOTE_ADDR="10.0.0.2",
+                HTTP_X_FORWARDED_FOR=f"198.51.100.66, {ADDRESS}, 10.0.0.3")
+    client.post("/login/", {"username": "olga", "password": "guess"}, REMOTE_ADDR="10.0.0.2",
+                HTTP_X_FORWARDED_FOR="not-an-address")
     # The first hop is whatever the client wrote; the proxy vouches only for the address it saw.
-    assert [e.address for e in events("login")] == ["10.0.0.2", ADDRESS]
+    assert [e.address for e in events("login")] == ["10.0.0.2", ADDRESS, ADDRESS, "10.0.0.2"]
     # The lockout counts failures by the same address.
     assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"10.0.0.2", ADDRESS}
 
