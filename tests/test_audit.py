@@ -382,10 +382,14 @@ def test_it_refuses_bad_filters_with_a_clear_error(viewer_client, log):
         assert viewer_client.get(f"/audit/?{query}&format=csv").status_code == 400
 
 
-def _fill(count, node, user):
-    now = timezone.now()
-    AuditEvent.objects.bulk_create([AuditEvent(action="login", username=user.username, user=user,
-                                               address="192.0.2.5") for _ in range(count)])
+def _fill(count, node, user, now=None):
+    """`count` events and `count` operations, interleaved in time; every third pair at the very same instant."""
+    now = now or timezone.now()
+    created = AuditEvent.objects.bulk_create([AuditEvent(action="login", username=user.username, user=user,
+                                                         address="192.0.2.5") for _ in range(count)])
+    for i, event in enumerate(created):
+        event.at = now - timedelta(seconds=i + (0 if i % 3 == 0 else 0.5))
+    AuditEvent.objects.bulk_update(created, ["at"])
     Operation.objects.bulk_create([Operation(node=node, kind=Operation.PING, requested_by=user,
                                              created=now - timedelta(seconds=i)) for i in range(count)])
 
@@ -417,3 +421,20 @@ def test_it_pages_through_the_merged_log_without_gaps_or_repeats(viewer_client, 
     with_ids = [(row["source"], row["id"]) for row in csv_rows(viewer_client.get("/audit/?format=csv"))
                 if row["action"] != "audit.export"]
     assert len(set(with_ids)) == 24
+
+
+def test_every_page_is_the_same_window_of_the_whole_merged_log(db, viewer):
+    from audit import trail
+
+    node, _ = make_node("rig-01")
+    AuditEvent.objects.all().delete()
+    _fill(13, node, viewer)
+    log = trail.rows()
+    whole = [(row["a_source"], row["a_id"]) for row in log.iterator()]
+    assert len(whole) == log.count() == 26
+    assert [source for source, _ in whole[:6]] == ["operation", "event", "operation", "event", "operation", "event"]
+    times = [row["a_at"] for row in log.iterator()]
+    assert times == sorted(times, reverse=True)
+    for size in (1, 4, 7, 26):
+        for start in range(0, 26, size):
+            assert [(row["a_source"], row["a_id"]) for row in log[start:start + size]] == whole[start:start + size]
