@@ -76,11 +76,8 @@ def _csv_response(request, form):
 
 @login_required
 def audit_log(request):
-    form = FilterForm(request.GET or None)
-    valid = form.is_valid() if form.is_bound else True
-    if not form.is_bound:
-        form = FilterForm({})
-        form.is_valid()
+    form = FilterForm(request.GET)  # every field is optional: no filter is a valid filter
+    valid = form.is_valid()
     if valid and request.GET.get("format") == "csv":
         return _csv_response(request, form)
     page = None
