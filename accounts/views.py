@@ -16,6 +16,8 @@ from django.views.decorators.http import require_POST
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import lockouts
+from audit.log import record
+from audit.models import AuditEvent
 from nodes.permissions import is_operator, require_operator
 from nodes.reauth import check_password, safe_url
 
@@ -47,9 +49,10 @@ def verify(request):
             return locked_out(request, credentials=credentials)
         if device.verify_token(request.POST.get("code", "").strip()):
             django_otp.login(request, device)
+            record("login.code", request=request)
             return redirect(next_url)
         # A wrong code counts towards the login lockout like a wrong password.
-        user_login_failed.send(sender=__name__, credentials=credentials, request=request)
+        user_login_failed.send(sender=__name__, credentials=credentials, request=request)  # audited as login.code
         if request.axes_locked_out:
             logout(request)
             return locked_out(request, credentials=credentials)
@@ -71,6 +74,7 @@ def security(request):
                 pending.confirmed = True
                 pending.save(update_fields=["confirmed"])
                 django_otp.login(request, pending)
+                record("2fa.add", request=request, target=request.user.get_username())
                 messages.success(request, "Two-factor login is on: the panel asks for a code after your password.")
                 return redirect("security")
             context["error"] = "That code is not right. Type the code your app shows now."
@@ -84,12 +88,18 @@ def security(request):
 @login_required
 @require_POST
 def remove_device(request):
+    user = request.user
     if check_password(request, request.POST.get("password", "")):
         TOTPDevice.objects.filter(user=request.user).delete()
+        record("2fa.remove", request=request, target=user.get_username())
         messages.success(request, "Two-factor login is off for your account.")
     elif getattr(request, "axes_locked_out", False):
+        record("2fa.remove", request=request, user=user, target=user.get_username(), outcome=AuditEvent.REFUSED,
+               detail={"locked_out": True})
         return HttpResponse(status=429)  # AxesMiddleware puts the lockout page in its place
     else:
+        record("2fa.remove", request=request, target=user.get_username(), outcome=AuditEvent.FAILED,
+               detail={"reason": "wrong password"})
         messages.error(request, "That password is not right; two-factor login is still on.")
     return redirect("security")
 
@@ -106,7 +116,10 @@ def lockout_list(request):
 def lockout_unlock(request):
     require_operator(request)
     username, ip_address = request.POST.get("username", ""), request.POST.get("ip_address", "")
-    if lockouts.unlock(username, ip_address):
+    unlocked = lockouts.unlock(username, ip_address)
+    record("lockout.unlock", request=request, target=f"{username} from {ip_address or 'any address'}",
+           outcome=AuditEvent.OK if unlocked else AuditEvent.FAILED)
+    if unlocked:
         messages.success(request, f"Unlocked {username} from {ip_address or 'any address'}.")
     else:
         messages.error(request, "No such lockout (it may have expired).")

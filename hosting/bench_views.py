@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from audit.log import record
 from hosting import benchmarks, services
 from hosting.bench_forms import BenchmarkForm, EconomicsForm
 from hosting.models import Deployment, EconomicsSettings
@@ -61,8 +62,11 @@ def economics_settings(request):
         require_operator(request)
         if form.is_valid():
             saved = form.save(commit=False)
+            changed = {field: [str(form.initial.get(field)), str(form.cleaned_data[field])]
+                       for field in form.changed_data}
             saved.updated, saved.updated_by = timezone.now(), request.user
             saved.save()
+            record("economics.change", request=request, target="economics settings", detail=changed)
             messages.success(request, "Economics settings saved.")
             return redirect("economics_settings")
     return render(request, "hosting/economics.html", {"form": form, "settings_row": row})

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 from pathlib import Path
+import ipaddress
 import os
 import tempfile
 
@@ -77,6 +78,7 @@ MIDDLEWARE = [
     "nodes.middleware.NoRigKeyMiddleware",
     "accounts.middleware.SecondFactorMiddleware",
     "axes.middleware.AxesMiddleware",
+    "audit.middleware.AuditRequestMiddleware",
 ]
 
 if PRODUCTION:
@@ -139,6 +141,18 @@ AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "code"]
 OTP_TOTP_ISSUER = "Morpheus Admin"
 REQUIRE_2FA_FOR_OPERATORS = _env(envconf.env_bool, "MORPHEUS_REQUIRE_2FA_FOR_OPERATORS", False)
 REAUTH_MINUTES = _env(envconf.env_int, "MORPHEUS_REAUTH_MINUTES", 10, minimum=1)
+
+# --- Audit log (audit/) ---------------------------------------------------------------------------------------
+# The proxies in front of the panel (addresses or networks, e.g. "10.0.0.5,172.18.0.0/16"): only a request coming
+# from one of them has its X-Forwarded-For believed, for the audit log's addresses and the login lockouts alike.
+TRUSTED_PROXIES = _env(envconf.env_list, "MORPHEUS_TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"MORPHEUS_TRUSTED_PROXIES: {_proxy!r} is not an address or a network") from None
+AXES_CLIENT_IP_CALLABLE = "audit.log.client_address"
+AUDIT_PAGE_SIZE = _env(envconf.env_int, "MORPHEUS_AUDIT_PAGE_SIZE", 50, minimum=1, maximum=1000)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -16,6 +16,8 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from audit.log import record
+from audit.models import AuditEvent
 from nodes.permissions import require_operator
 
 SESSION_KEY = "reauth_at"
@@ -31,7 +33,11 @@ def safe_url(request, url, fallback="/"):
 def check_password(request, password):
     """The logged-in user's password, checked through authenticate() so that a wrong one counts towards the
     login lockout; the one that trips it logs the user out (then `request.axes_locked_out` is true)."""
-    user = authenticate(request, username=request.user.get_username(), password=password)
+    request.audit_password_check = True  # the caller records the outcome under its own action (audit/signals.py)
+    try:
+        user = authenticate(request, username=request.user.get_username(), password=password)
+    finally:
+        request.audit_password_check = False
     if getattr(request, "axes_locked_out", False):
         logout(request)
         return False
@@ -68,11 +74,17 @@ def confirm_password(request):
     next_url = safe_url(request, request.POST.get("next") or request.GET.get("next"))
     error = None
     if request.method == "POST":
+        user = request.user
         if check_password(request, request.POST.get("password", "")):
             request.session[SESSION_KEY] = time.time()
+            record("password.confirm", request=request)
             messages.success(request, "Password confirmed. Do the action again.")
             return redirect(next_url)
-        if getattr(request, "axes_locked_out", False):
+        locked_out = getattr(request, "axes_locked_out", False)
+        record("password.confirm", request=request, user=user,
+               outcome=AuditEvent.REFUSED if locked_out else AuditEvent.FAILED,
+               detail={"locked_out": True} if locked_out else None)
+        if locked_out:
             return HttpResponse(status=429)  # AxesMiddleware puts the lockout page in its place
         error = "That password is not right."
     return render(request, "nodes/reauth.html",

@@ -7,6 +7,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_htmx.http import HTMX_STOP_POLLING
 
+from audit.log import record
+from audit.models import AuditEvent
 from nodes import broker, cards, charts, rigs
 from nodes.enrolment import agent_command, compose_service, systemd_commands
 from nodes.forms import AttachProfileForm, NodeForm, PartFormSet, ProfileForm
@@ -56,8 +58,12 @@ def node_add(request):
         try:
             token, problem = rigs.enrol(form.save(commit=False))
         except rigs.EnrolmentRefused as exc:  # a Redis 6 broker: this machine's rig only; nothing was saved
+            record("rig.enrol", request=request, target=form.instance.name, outcome=AuditEvent.REFUSED,
+                   detail={"reason": str(exc)[:200]})
             form.add_error(None, str(exc))
         else:
+            record("rig.enrol", request=request, target=form.instance.name,
+                   detail={"broker": "not told yet; the account sync will"} if problem else None)
             return _enrolment_page(request, form.instance, token, created=True, broker_problem=problem)
     return render(request, "nodes/node_form.html", {"form": form})
 
@@ -69,6 +75,8 @@ def node_rotate_token(request, name):
     require_operator(request)
     node = get_object_or_404(Node, name=name)
     token, problem = rigs.rotate_token(node)
+    record("rig.token", request=request, target=node.name,
+           detail={"broker": "not told yet; the account sync will"} if problem else None)
     return _enrolment_page(request, node, token, created=False, broker_problem=problem)
 
 
@@ -78,6 +86,8 @@ def node_delete(request, name):
     node = get_object_or_404(Node, name=name)
     if request.method == "POST":
         problem = rigs.remove(node)
+        record("rig.remove", request=request, target=name,
+               detail={"broker": "not told yet; the account sync will"} if problem else None)
         messages.success(request, f"Rig {name} removed: its broker account and queues are deleted, its reports rejected.")
         if problem:
             messages.warning(request, f"The broker could not be told yet ({problem}); the next account sync will.")
