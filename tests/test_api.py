@@ -157,7 +157,7 @@ def test_an_operator_token_reads_and_acts_on_every_endpoint(world, operator, ope
     assert sent.args == [operation.pk]
     followed = client.get(answer["url"], HTTP_AUTHORIZATION=f"Bearer {operator_token}").json()
     assert followed == {**answer, "status": operation.status}
-    event = AuditEvent.objects.get()
+    event = AuditEvent.objects.get(via="api")
     assert (event.user, event.via, event.outcome, event.detail["operation"]) == (operator, "api", "ok", operation.pk)
 
 
@@ -173,7 +173,7 @@ def test_a_viewer_token_reads_every_endpoint_and_acts_on_none(client, world, vie
     assert response.status_code == 403
     assert response.json() == {"detail": "Viewers can look but not change anything: ask an operator."}
     assert Operation.objects.count() == before and queued_messages(world["alpha"].queue) == []
-    event = AuditEvent.objects.get()
+    event = AuditEvent.objects.get(via="api")
     assert (event.user, event.via, event.outcome) == (viewer, "api", "refused")
 
 
@@ -214,7 +214,7 @@ def test_every_endpoint_refuses_a_caller_without_a_working_token(client, world, 
     assert response.status_code == 401 and response["WWW-Authenticate"] == "Bearer"
     assert "Authorization: Bearer" in response.json()["detail"]
     assert Operation.objects.count() == before and queued_messages(world["alpha"].queue) == []
-    assert not AuditEvent.objects.exists()
+    assert not AuditEvent.objects.filter(via="api").exists()
 
 
 # --- what reads return --------------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_a_download_sends_what_the_download_button_sends(operator_client, world,
                                  content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {operator_token}")
     assert again.status_code == 409
     assert again.json()["detail"] == f"Not started: alpha is already downloading tiny-Q4_K_M.gguf (operation {api_op.pk})"
-    refused = AuditEvent.objects.filter(outcome="refused").get()
+    refused = AuditEvent.objects.filter(outcome="refused", via="api").get()
     assert (refused.action, refused.via, refused.detail["reason"]) == (
         "model.download", "api", f"alpha is already downloading tiny-Q4_K_M.gguf (operation {api_op.pk})")
 
@@ -419,7 +419,7 @@ def test_a_refused_action_is_409_with_the_services_reason_and_audited(client, wo
     response = call(client, "POST", "/api/v1/deployments/{deployment_id}/benchmark", world, operator_token, body={})
     assert response.status_code == 409
     assert response.json() == {"detail": "Not started: tiny is failed: exit code 1; benchmark a healthy server"}
-    event = AuditEvent.objects.get()
+    event = AuditEvent.objects.get(via="api")
     assert (event.action, event.user, event.outcome, event.via, event.target) == (
         "deployment.benchmark", operator, "refused", "api", "alpha/tiny")
 
