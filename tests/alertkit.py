@@ -2,6 +2,7 @@
 a thread on a free port, recording what arrived and when (time.time(), to measure latency)."""
 
 import email
+import email.policy
 import json
 import threading
 import time
@@ -13,13 +14,13 @@ from tests.helpers import free_port
 
 
 class SmtpSink:
-    def __init__(self):
-        self.messages = []  # (received at, envelope recipients, email.message.Message)
-        self.port = free_port()
+    def __init__(self, port=None):
+        self.messages = []  # (received at, envelope recipients, email.message.EmailMessage)
+        self.port = port or free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_DATA(self, server, session, envelope):
-        self.messages.append((time.time(), list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
+        self.messages.append((time.time(), list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=email.policy.default)))
         return "250 Message accepted"
 
     def start(self):
