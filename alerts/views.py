@@ -7,6 +7,8 @@ from django.views.decorators.http import require_POST
 from alerts import evaluate, services
 from alerts.forms import ChannelForm, RuleForm
 from alerts.models import Channel, Rule
+from audit import log as audit
+from audit.models import AuditEvent
 from nodes.permissions import require_operator
 
 
@@ -26,6 +28,8 @@ def rule_edit(request, pk):
         rule = form.save(commit=False)
         rule.updated = timezone.now()
         rule.save()
+        audit.record("alert rule changed", request=request, target=rule.kind,
+                     detail={"enabled": rule.enabled, "thresholds": rule.summary()})
         messages.success(request, f"Rule “{rule.title}” saved.")
         return redirect("alert_list")
     return render(request, "alerts/rule_form.html", {"form": form, "rule": rule})
@@ -37,7 +41,12 @@ def channel_edit(request, pk=None):
     channel = get_object_or_404(Channel, pk=pk) if pk else None
     form = ChannelForm(request.POST or None, instance=channel)
     if request.method == "POST" and form.is_valid():
+        created = channel is None
         channel = form.save()
+        # The target stays out of the log: a webhook URL is a secret; the shown form is scheme and host only.
+        audit.record("alert channel added" if created else "alert channel changed", request=request,
+                     target=channel.name, detail={"kind": channel.kind, "target": channel.target_shown,
+                                                  "enabled": channel.enabled})
         messages.success(request, f"Channel {channel.name} saved.")
         return redirect("alert_list")
     return render(request, "alerts/channel_form.html", {"form": form, "channel": channel})
@@ -49,6 +58,7 @@ def channel_delete(request, pk):
     channel = get_object_or_404(Channel, pk=pk)
     if request.method == "POST":
         channel.delete()
+        audit.record("alert channel deleted", request=request, target=channel.name, detail={"kind": channel.kind})
         messages.success(request, f"Channel {channel.name} deleted.")
         return redirect("alert_list")
     return render(request, "alerts/channel_confirm_delete.html", {"channel": channel})
@@ -60,5 +70,7 @@ def channel_test(request, pk):
     require_operator(request)
     channel = get_object_or_404(Channel, pk=pk)
     ok, result = evaluate.send_test(channel)
+    audit.record("alert channel tested", request=request, target=channel.name, outcome=AuditEvent.OK if ok else AuditEvent.FAILED,
+                 detail={"result": result})
     (messages.success if ok else messages.error)(request, f"Test message to {channel.name}: {result}")
     return redirect("alert_list")

@@ -67,6 +67,7 @@ def test_a_stopped_agent_opens_rig_offline_tells_mail_and_webhook_once_and_resol
     alert = Alert.objects.get()
     assert alert.state == "resolved" and alert.notified_open_at and alert.notified_resolved_at
     assert [e.kind for e in alert.events.all()].count("notified") == 4
+    assert "s3cr3t-path" not in panel.worker.log()  # the webhook URL is a secret: never in the worker's log
     print(f"\nalert latency (agent stopped → notification, interval 1 s, offline after 5 s): "
           f"webhook {webhook_latency:.1f} s, mail {mail_latency:.1f} s; agent started → resolved webhook "
           f"{resolve_latency:.1f} s", file=sys.stderr)
