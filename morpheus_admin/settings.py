@@ -224,6 +224,8 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = _env(envconf.env_bool, "EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = _env(envconf.env_bool, "EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one (STARTTLS on 587, or TLS from the start on 465)")
 EMAIL_TIMEOUT = _env(envconf.env_int, "EMAIL_TIMEOUT", 5, minimum=1, maximum=60)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "morpheus-admin@localhost")
 
