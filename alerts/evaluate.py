@@ -3,6 +3,7 @@ those that held long enough (`open_causes`), resolve those gone (`resolve_gone`)
 (`notify_due` → `notify_one`, claimed with a conditional UPDATE so two workers never send twice)."""
 
 import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from alerts.models import Alert, AlertEvent, Channel, Rule
 
 log = logging.getLogger("morpheus.alerts")
 CLAIM_STALE = timedelta(seconds=60)  # a claim older than this was a worker that died mid-send
+NOTIFY_BUDGET = 30.0  # seconds of sending per run (inside the task's 60 s soft limit); the rest goes next run
 
 
 def run(now=None):
@@ -102,8 +104,11 @@ def notify_due(now):
            .filter(Q(notify_claimed_at=None) | Q(notify_claimed_at__lt=now - CLAIM_STALE))
            .select_related("rule").order_by("id"))
     channels = {channel.pk: channel for channel in Channel.objects.filter(enabled=True)}
-    sent = 0
-    for alert in due:
+    sent, deadline = 0, time.monotonic() + NOTIFY_BUDGET
+    for done, alert in enumerate(due):
+        if done and time.monotonic() > deadline:
+            log.warning("alert notifications: sending budget of %g s spent, the rest go next run", NOTIFY_BUDGET)
+            break
         sent += notify_one(alert, channels, now)
     return sent
 

@@ -40,17 +40,23 @@ def test_message(channel, now):
 
 
 def send(channel, text, alert_body):
-    if channel.kind == Channel.EMAIL:
-        send_email(channel.target, text, alert_body)
-    else:
-        send_webhook(channel.target, text, alert_body)
+    """Raises NotifyError, whatever went wrong: one channel's failure is recorded and never stops the others."""
+    try:
+        if channel.kind == Channel.EMAIL:
+            send_email(channel.target, text, alert_body)
+        else:
+            send_webhook(channel.target, text, alert_body)
+    except NotifyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — its words may hold the URL: only its kind is kept
+        raise NotifyError(f"unexpected {type(exc).__name__} while sending") from None
 
 
 def send_email(address, text, alert_body):
     body = "\n".join([alert_body["message"], "", f"Rule: {alert_body['title']}", f"Cause: {alert_body['cause']}",
                       f"State: {alert_body['state']}", f"At: {alert_body['at']}", "", alert_body["url"]])
     try:
-        send_mail(f"Morpheus: {text}"[:200], body, None, [address], fail_silently=False)
+        send_mail(" ".join(f"Morpheus: {text}".split())[:200], body, None, [address], fail_silently=False)
     except (smtplib.SMTPException, OSError) as exc:
         raise NotifyError(f"the mail server at {settings.EMAIL_HOST}:{settings.EMAIL_PORT} refused or was "
                           f"unreachable ({_reason(exc)})") from None

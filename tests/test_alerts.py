@@ -430,3 +430,19 @@ def test_deleting_a_channel_asks_first(operator_client):
     assert "Delete channel mail?" in text and Channel.objects.exists()
     operator_client.post(f"/alerts/channels/{channel.pk}/delete/")
     assert not Channel.objects.exists()
+
+
+def test_a_subject_stays_one_line_and_the_budget_leaves_the_rest_for_the_next_run(smtp, receiver, monkeypatch):
+    Channel.objects.create(name="mail", kind="email", target="ops@example.com")
+    for name in ("alpha", "beta"):
+        make_node(name, last_seen=timezone.now() - timedelta(minutes=2), telemetry_interval=5.0)
+    for pk in (1, 2):
+        Alert.objects.create(rule=Rule.objects.get(kind="deployment_failed"), cause=f"deployment:{pk}", rig="gone",
+                             opened_at=timezone.now(), message="two\nlines")
+    monkeypatch.setattr(evaluate, "NOTIFY_BUDGET", 0.0)
+    evaluate.notify_due(timezone.now())
+    assert len(smtp.messages) == 1  # the second waits for the next run
+    monkeypatch.setattr(evaluate, "NOTIFY_BUDGET", 30.0)
+    evaluate.run()  # both resolve (nothing fails): the told one is told again, the other never was; two rigs open
+    assert "\n" not in smtp.subjects()[0] and len(smtp.messages) == 1 + 1 + 2
+    assert Alert.objects.get(cause="deployment:2").events.get(kind="not_notified").detail == "resolved before its opening was told"
