@@ -227,6 +227,23 @@ RECONCILE_INTERVAL = _env(envconf.env_float, "MORPHEUS_RECONCILE_INTERVAL", 60.0
 # A rig unheard of for this long has the messages waiting for it dropped, and its queued operations ended.
 OFFLINE_DROP_AFTER = timedelta(hours=_env(envconf.env_float, "MORPHEUS_OFFLINE_DROP_AFTER_HOURS", 24.0, minimum=0.01))
 
+# --- Alerts (alerts/): how often rules are evaluated, how often a failed notification is tried, and the mail
+# server that email channels go through (Django's SMTP backend). PANEL_URL makes the links in messages absolute.
+ALERT_CHECK_INTERVAL = _env(envconf.env_float, "MORPHEUS_ALERT_CHECK_INTERVAL", 15.0, minimum=0.2)
+ALERT_NOTIFY_ATTEMPTS = _env(envconf.env_int, "MORPHEUS_ALERT_NOTIFY_ATTEMPTS", 5, minimum=1, maximum=100)
+PANEL_URL = os.environ.get("MORPHEUS_PANEL_URL", "").rstrip("/")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = _env(envconf.env_int, "EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _env(envconf.env_bool, "EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _env(envconf.env_bool, "EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one (STARTTLS on 587, or TLS from the start on 465)")
+EMAIL_TIMEOUT = _env(envconf.env_int, "EMAIL_TIMEOUT", 5, minimum=1, maximum=60)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "morpheus-admin@localhost")
+
 CELERY_BEAT_SCHEDULE = {
     "check-rig-status": {
         "task": "panel.check_node_status",
@@ -253,6 +270,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "panel.prune_history",
         "schedule": 3600.0,
         "options": {"expires": 3600},
+    },
+    "check-alerts": {
+        "task": "panel.check_alerts",
+        "schedule": ALERT_CHECK_INTERVAL,
+        "options": {"expires": max(ALERT_CHECK_INTERVAL, 5)},
     },
     "drop-offline-messages": {
         "task": "panel.drop_offline_messages",

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from morpheus_admin.localredis import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
 
@@ -104,6 +106,9 @@ class Proc:
         return len(self.log())
 
 
+ALERT_SMTP_PORT = free_port()
+
+
 def panel_env(redis_url, db_url, **extra):
     env = dict(os.environ)
     env.update({
@@ -113,6 +118,10 @@ def panel_env(redis_url, db_url, **extra):
         "PYTHONUNBUFFERED": "1",
         # Every report's "received"/"succeeded" line: wait_done reads them (the default logs one line per change).
         "MORPHEUS_LOG_REPORTS": "1",
+        # Alerts evaluated every second, email channels sent to the SMTP sink tests start on ALERT_SMTP_PORT.
+        "MORPHEUS_ALERT_CHECK_INTERVAL": "1",
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(ALERT_SMTP_PORT),
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env
