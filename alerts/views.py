@@ -28,7 +28,7 @@ def rule_edit(request, pk):
         rule = form.save(commit=False)
         rule.updated = timezone.now()
         rule.save()
-        audit.record("alert rule changed", request=request, target=rule.kind,
+        audit.record("alert.rule.change", request=request, target=rule.kind,
                      detail={"enabled": rule.enabled, "thresholds": rule.summary()})
         messages.success(request, f"Rule “{rule.title}” saved.")
         return redirect("alert_list")
@@ -44,7 +44,7 @@ def channel_edit(request, pk=None):
         created = channel is None
         channel = form.save()
         # The target stays out of the log: a webhook URL is a secret; the shown form is scheme and host only.
-        audit.record("alert channel added" if created else "alert channel changed", request=request,
+        audit.record("alert.channel.add" if created else "alert.channel.change", request=request,
                      target=channel.name, detail={"kind": channel.kind, "target": channel.target_shown,
                                                   "enabled": channel.enabled})
         messages.success(request, f"Channel {channel.name} saved.")
@@ -58,7 +58,7 @@ def channel_delete(request, pk):
     channel = get_object_or_404(Channel, pk=pk)
     if request.method == "POST":
         channel.delete()
-        audit.record("alert channel deleted", request=request, target=channel.name, detail={"kind": channel.kind})
+        audit.record("alert.channel.delete", request=request, target=channel.name, detail={"kind": channel.kind})
         messages.success(request, f"Channel {channel.name} deleted.")
         return redirect("alert_list")
     return render(request, "alerts/channel_confirm_delete.html", {"channel": channel})
@@ -70,7 +70,7 @@ def channel_test(request, pk):
     require_operator(request)
     channel = get_object_or_404(Channel, pk=pk)
     ok, result = evaluate.send_test(channel)
-    audit.record("alert channel tested", request=request, target=channel.name, outcome=AuditEvent.OK if ok else AuditEvent.FAILED,
+    audit.record("alert.channel.test", request=request, target=channel.name, outcome=AuditEvent.OK if ok else AuditEvent.FAILED,
                  detail={"result": result})
     (messages.success if ok else messages.error)(request, f"Test message to {channel.name}: {result}")
     return redirect("alert_list")

@@ -35,6 +35,12 @@ EVENT_LABELS = {
     "rig.enrol": "rig enrolled", "rig.token": "rig token replaced", "rig.remove": "rig removed",
     "token.create": "API token created", "token.revoke": "API token revoked",
     "economics.change": "economics settings changed", "audit.export": "audit log exported",
+    "alert.rule.change": "alert rule changed", "alert.channel.add": "alert channel added",
+    "alert.channel.change": "alert channel changed", "alert.channel.delete": "alert channel deleted",
+    "alert.channel.test": "alert channel tested",
+    "model.download": "model download (API)", "build.start": "build started (API)",
+    "deployment.launch": "deployment launched (API)", "deployment.stop": "deployment stopped (API)",
+    "deployment.restart": "deployment restarted (API)", "deployment.benchmark": "benchmark started (API)",
 }
 OPERATION_LABELS = dict(Operation.KIND_CHOICES)
 
