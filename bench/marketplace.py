@@ -20,13 +20,11 @@
 3. agent: the agent's `router` report read from the proxy-router stand-in (tests/routerstub.py) run as a real
    process (tests/routerkit.StubProcess), seeded with 6 providers, 4 own models, a models-config entry for each, and
    64 sessions (half open) and 5 competing bids beside the provider's own on each model, against a baseline chain
-   with no sessions and no bids. snapshot() lives in a closure of nodes/agent/tasks/router.register() around a
-   supervised RouterProcess, so this makes the same calls in the same order with the same functions:
-   RouterProcess.report() is replaced by a fixed healthy state, then routermodels.report_fields (the proxy port's
-   TCP check), secret_values, unmanaged_keys, routersessions.sessions_fields (wallet, sessions, claimable balances),
-   healthcheck, wallet, balance, providers, models, the provider's bids, routerchain.market (one call per model)
-   and the sessions again, each through AdminClient as client_for() builds it. Admin API calls are counted at
-   AdminClient.call; time is wall time per report (median of --snapshots), the stand-in answering on loopback.
+   with no sessions and no bids. It calls nodes/agent/tasks/router.router_state, the function the agent's report is
+   built by, with a fixed healthy RouterProcess.report() in place of a supervised process: the proxy port's TCP
+   check, the sessions and claimable balances, healthcheck, wallet, balance, providers, models, the provider's bids,
+   the market (one call per model) and the open sessions, each through AdminClient as client_for() builds it. Admin
+   API calls are counted at AdminClient.call; time is wall time per report (median of --snapshots), the stand-in answering on loopback.
    The report is checked with clean_router, as the panel will.
 
 Rows are created directly in a throwaway SQLite database (or --database-url, which must be an empty database).
@@ -388,50 +386,14 @@ def chain_seed(busy):
 
 
 def agent_report(folder, config_models, holder, started_at):
-    """nodes/agent/tasks/router.register()'s snapshot(), call for call, for a healthy router (see the docstring)."""
-    from nodes.agent import routermodels
-    from nodes.agent.router import DEGRADED, HEALTHY, client_for, mask, secret_values, unmanaged_keys
-    from nodes.agent.routeradmin import RouterError
-    from nodes.agent.routersessions import sessions_fields
-    from nodes.agent.tasks.routerchain import market
-    from nodes.agent.validation import InvalidValue
+    """The agent's own report of a healthy router (nodes/agent/tasks/router.router_state, which snapshot() calls)."""
+    from nodes.agent.router import HEALTHY
+    from nodes.agent.tasks.router import router_state
 
     base = {"state": HEALTHY, "pid": 4242, "message": "healthy", "log": LOG, "restarts": 0, "version": None,
             "models": {}, "started_at": started_at}
-    hidden = secret_values(folder)
-    published = routermodels.report_fields(folder, holder.get("reload"), base.get("version"))
-    out = {**published, "state": base["state"], "pid": base["pid"], "message": base["message"],
-           "log": base["log"], "restarts": base["restarts"], "version": base.get("version"), "health": None,
-           "models_health": base.get("models") or {}, "wallet": None, "mor_wei": None, "eth_wei": None,
-           "provider": None, "models": [], "bids": [], "open_sessions": None,
-           "config_models": routermodels.reported_models(config_models),
-           "unmanaged_keys": unmanaged_keys(folder / ".env"),
-           "network": "mainnet", "binary": "/opt/morpheus/proxy-router", "at": time.time(), "error": None}
-    out.update(sessions_fields(lambda: client_for(folder), base, holder))
-    if base["state"] not in (HEALTHY, DEGRADED):
-        return out
-    try:
-        client = client_for(folder)
-        health = client.healthcheck()
-        out["health"], out["version"] = health["status"], health["version"] or out["version"]
-        out["models_health"] = health["models"]
-        wallet = out["wallet"] = client.wallet()
-        balance = client.balance()
-        out["mor_wei"], out["eth_wei"] = str(balance["mor"]), str(balance["eth"])
-        mine = [p for p in client.providers() if str(p["address"]).lower() == wallet.lower()]
-        if mine:
-            out["provider"] = {**mine[0], "stake": str(mine[0]["stake"])}
-        out["models"] = [{"id": m["id"], "name": m["name"], "stake": str(m["stake"])} for m in client.models()
-                         if str(m.get("owner") or "").lower() == wallet.lower()][:64]
-        out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
-                       for b in client.provider_bids(wallet)][:64]
-        out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
-        out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
-    except RouterError as exc:
-        out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
-    except InvalidValue as exc:
-        out["error"] = {"kind": "invalid", "reason": mask(str(exc), hidden)[:500]}
-    return out
+    config = {"models": config_models, "network": "mainnet", "binary": "/opt/morpheus/proxy-router"}
+    return router_state(folder, base, config, holder, time.time())
 
 
 def endpoint_kind(path):

@@ -75,43 +75,10 @@ def register(agent):
 
     def snapshot():
         """The router's state for the panel (protocol.ROUTER_FIELDS)."""
-        proc, config = holder["process"], holder["config"] or {}
+        proc = holder["process"]
         base = proc.report() if proc is not None else {"state": "stopped", "pid": None, "message": "", "log": "",
                                                           "restarts": 0, "version": None, "models": {}}
-        hidden = secret_values(folder)
-        published = routermodels.report_fields(folder, holder["reload"], base.get("version"))
-        out = {**published, "state": base["state"], "pid": base["pid"], "message": base["message"],
-               "log": base["log"], "restarts": base["restarts"], "version": base.get("version"), "health": None,
-               "models_health": base.get("models") or {}, "wallet": None, "mor_wei": None, "eth_wei": None,
-               "provider": None, "models": [], "bids": [], "open_sessions": None,
-               "config_models": routermodels.reported_models(config.get("models")),
-               "unmanaged_keys": unmanaged_keys(folder / ".env"),
-               "network": config.get("network"), "binary": config.get("binary"), "at": agent.clock(), "error": None}
-        out.update(sessions_fields(lambda: client_for(folder), base, holder))
-        if base["state"] not in (HEALTHY, DEGRADED):
-            return out
-        try:
-            client = client_for(folder)
-            health = client.healthcheck()
-            out["health"], out["version"] = health["status"], health["version"] or out["version"]
-            out["models_health"] = health["models"]
-            wallet = out["wallet"] = client.wallet()
-            balance = client.balance()
-            out["mor_wei"], out["eth_wei"] = str(balance["mor"]), str(balance["eth"])
-            mine = [p for p in client.providers() if str(p["address"]).lower() == wallet.lower()]
-            if mine:
-                out["provider"] = {**mine[0], "stake": str(mine[0]["stake"])}
-            out["models"] = [{"id": m["id"], "name": m["name"], "stake": str(m["stake"])} for m in client.models()
-                             if str(m.get("owner") or "").lower() == wallet.lower()][:64]
-            out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
-                           for b in client.provider_bids(wallet)][:64]
-            out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
-            out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
-        except RouterError as exc:
-            out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
-        except InvalidValue as exc:
-            out["error"] = {"kind": "invalid", "reason": mask(str(exc), hidden)[:500]}
-        return out
+        return router_state(folder, base, holder["config"] or {}, holder, agent.clock())
 
     def publish(force_durable=False):
         with lock:
@@ -235,3 +202,43 @@ def register(agent):
                 report = publish(force_durable=True)
                 why = f"; admin API: {report['error']['reason']}" if report["error"] else ""
                 agent.operation(operation_id, protocol.SUCCEEDED, f"proxy-router {report['state']}{why}")
+
+
+def router_state(folder, base, config, holder, now):
+    """The `router` report (protocol.ROUTER_FIELDS) of the router in `folder` whose RouterProcess.report() is `base`,
+    applied with `config`: its admin API is read (on loopback, with its cookie) only while it is up. `holder` keeps
+    what lasts between reports (the reload support seen, the claims cursor)."""
+    hidden = secret_values(folder)
+    published = routermodels.report_fields(folder, holder.get("reload"), base.get("version"))
+    out = {**published, "state": base["state"], "pid": base["pid"], "message": base["message"],
+           "log": base["log"], "restarts": base["restarts"], "version": base.get("version"), "health": None,
+           "models_health": base.get("models") or {}, "wallet": None, "mor_wei": None, "eth_wei": None,
+           "provider": None, "models": [], "bids": [], "open_sessions": None,
+           "config_models": routermodels.reported_models(config.get("models")),
+           "unmanaged_keys": unmanaged_keys(folder / ".env"),
+           "network": config.get("network"), "binary": config.get("binary"), "at": now, "error": None}
+    out.update(sessions_fields(lambda: client_for(folder), base, holder))
+    if base["state"] not in (HEALTHY, DEGRADED):
+        return out
+    try:
+        client = client_for(folder)
+        health = client.healthcheck()
+        out["health"], out["version"] = health["status"], health["version"] or out["version"]
+        out["models_health"] = health["models"]
+        wallet = out["wallet"] = client.wallet()
+        balance = client.balance()
+        out["mor_wei"], out["eth_wei"] = str(balance["mor"]), str(balance["eth"])
+        mine = [p for p in client.providers() if str(p["address"]).lower() == wallet.lower()]
+        if mine:
+            out["provider"] = {**mine[0], "stake": str(mine[0]["stake"])}
+        out["models"] = [{"id": m["id"], "name": m["name"], "stake": str(m["stake"])} for m in client.models()
+                         if str(m.get("owner") or "").lower() == wallet.lower()][:64]
+        out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
+                       for b in client.provider_bids(wallet)][:64]
+        out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
+        out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
+    except RouterError as exc:
+        out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
+    except InvalidValue as exc:
+        out["error"] = {"kind": "invalid", "reason": mask(str(exc), hidden)[:500]}
+    return out
