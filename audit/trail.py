@@ -1,15 +1,15 @@
 """The audit log as one list: AuditEvent rows and Operation rows (their own audit trail), newest first.
 
 Both tables are filtered in the database, then joined with UNION ALL over the same annotated columns, ordered by
-time and cut with LIMIT/OFFSET: a page costs the same few queries (two counts, one page) however long the log is. An operation's
-address is not stored; its channel is "system" when no one asked for it, else not known (the API's own
-AuditEvent rows, via "api", carry the address of the request that started it).
+time and cut with LIMIT/OFFSET: a page costs the same few queries (two counts, one page) however long the log is. An
+operation carries the address and channel of the request that started it ("system" for the panel's own work); rows
+from before those were kept have none, and a requester-less one counts as "system".
 """
 
 import datetime
 
 from django.db import connection
-from django.db.models import Case, CharField, F, GenericIPAddressField, JSONField, Q, Value, When
+from django.db.models import Case, CharField, F, JSONField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -70,8 +70,9 @@ def _annotated_operations(operations):
         a_outcome=Case(*[When(status__in=statuses, then=_text(outcome))
                          for outcome, statuses in _OPERATION_STATUS.items() if statuses],
                        default=F("status"), output_field=CharField()),
-        a_address=Value(None, output_field=GenericIPAddressField()),
-        a_via=Case(When(requested_by__isnull=True, then=_text(AuditEvent.SYSTEM)), default=_text(""),
+        a_address=F("requested_from"),
+        a_via=Case(When(~Q(requested_via=""), then=F("requested_via")),
+                   When(requested_by__isnull=True, then=_text(AuditEvent.SYSTEM)), default=_text(""),
                    output_field=CharField()),
         a_detail=Value(None, output_field=JSONField()),
     )
@@ -140,8 +141,10 @@ def rows(*, user="", action="", outcome="", text="", since=None, until=None, via
         operations = operations.filter(created__lt=end)
     if via:
         events = events.filter(via=via)
-        # Only a requester-less operation is known to be the panel's own; the others' channel is not stored.
-        operations = operations.filter(requested_by__isnull=True) if via == AuditEvent.SYSTEM else operations.none()
+        known = Q(requested_via=via)
+        if via == AuditEvent.SYSTEM:  # rows from before the channel was kept: requester-less ones are the panel's
+            known |= Q(requested_via="", requested_by__isnull=True)
+        operations = operations.filter(known)
     return Log(events, operations)
 
 

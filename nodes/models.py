@@ -313,6 +313,10 @@ class Operation(models.Model):
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="operations")
     target = models.CharField(max_length=200, blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Where the request came from, for the audit log: the client's address and "web", "api" or "system" (the panel's
+    # own work, no request); blank on rows from before they were kept.
+    requested_from = models.GenericIPAddressField(null=True, blank=True)
+    requested_via = models.CharField(max_length=10, blank=True)
     status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED, db_index=True)
     progress_done = models.BigIntegerField(null=True, blank=True)
     progress_total = models.BigIntegerField(null=True, blank=True)

@@ -5,6 +5,7 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 
+from audit.log import client_address, current_request
 from nodes.agent import protocol
 from nodes.channel import NoRigKey, send_command
 from nodes.models import Operation
@@ -41,7 +42,10 @@ def start_operation(node, kind, user=None, target="", payload=None):
     """
     if node.keys is None:  # enrolled before rigs had keys: nothing can be signed for it; the caller's transaction
         raise NoRigKey(node.name)  # rolls back (nodes/middleware.py tells the provider)
-    operation = Operation.objects.create(node=node, kind=kind, requested_by=user, target=target)
+    request = current_request.get()  # the web or API request asking, if any (audit.middleware)
+    via = getattr(request, "audit_via", "web") if request is not None else "system"
+    operation = Operation.objects.create(node=node, kind=kind, requested_by=user, target=target,
+                                         requested_from=client_address(request), requested_via=via)
     transaction.on_commit(partial(send_command, node, AGENT_TASKS[kind], payload, operation=operation.pk,
                                   ttl=settings.OPERATION_PICKUP_TIMEOUT))
     return operation

@@ -234,6 +234,21 @@ def test_it_records_a_rig_enrolled_its_token_replaced_and_removed(operator_clien
     no_secret_in_log(token)
 
 
+def test_it_records_where_an_operation_was_asked_from(operator_client, operator, django_capture_on_commit_callbacks):
+    from nodes.operations import start_operation
+
+    node, _ = make_node("rig-02")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert operator_client.post("/rigs/rig-02/operations/ping/", **AT).status_code == 302
+        by_the_panel = start_operation(node, Operation.PING)  # no request: the panel's own work
+    asked = Operation.objects.exclude(pk=by_the_panel.pk).get()
+    assert (asked.requested_by, asked.requested_from, asked.requested_via) == (operator, ADDRESS, "web")
+    assert (by_the_panel.requested_from, by_the_panel.requested_via) == (None, "system")
+    rows = {row["id"]: row for row in csv_rows(operator_client.get("/audit/?format=csv&action=ping"))}
+    assert (rows[str(asked.pk)]["address"], rows[str(asked.pk)]["channel"]) == (ADDRESS, "web")
+    assert (rows[str(by_the_panel.pk)]["address"], rows[str(by_the_panel.pk)]["channel"]) == ("", "system")
+
+
 # Transactional (ensure_local_rig closes the connections) with a serialized rollback, like the browser tests: a plain
 # flush breaks their restore.
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -273,9 +288,9 @@ def _event(action, minutes_ago, **fields):
     return event
 
 
-def _operation(node, kind, minutes_ago, user=None, status=Operation.SUCCEEDED, target=""):
+def _operation(node, kind, minutes_ago, user=None, status=Operation.SUCCEEDED, target="", **asked):
     return Operation.objects.create(node=node, kind=kind, requested_by=user, status=status, target=target,
-                                    created=_ago(minutes_ago))
+                                    created=_ago(minutes_ago), **asked)
 
 
 @pytest.fixture
@@ -285,7 +300,8 @@ def log(operator, viewer):
     node, _ = make_node("rig-01")
     return {
         "e1": _event("token.create", 1, user=operator, target="laptop script", via=AuditEvent.API),
-        "o1": _operation(node, Operation.LAUNCH, 2, user=operator, status=Operation.FAILED, target="qwen"),
+        "o1": _operation(node, Operation.LAUNCH, 2, user=operator, status=Operation.FAILED, target="qwen",
+                         requested_from=ADDRESS, requested_via=AuditEvent.API),
         "e2": _event("login", 3, username="mallory", outcome=AuditEvent.FAILED, via=AuditEvent.WEB),
         "o2": _operation(node, Operation.PING, 4, status=Operation.RUNNING),
         "e3": _event("rig.enrol", 60 * 24 * 3, user=operator, target="rig-01", via=AuditEvent.WEB),
@@ -328,7 +344,7 @@ def test_it_lists_events_and_operations_newest_first(viewer_client, log):
     ("outcome=ok", ["e1", "e3", "o3"]),
     ("q=rig-01", ["o1", "o2", "e3", "o3"]),
     ("q=laptop", ["e1"]),
-    ("via=api", ["e1"]),
+    ("via=api", ["e1", "o1"]),
     ("via=system", ["o2"]),
     ("since={today}", ["e1", "o1", "e2", "o2"]),
     ("until={three_days_ago}", ["e3", "o3"]),
@@ -361,8 +377,8 @@ def test_it_exports_every_column_with_iso_times_and_records_the_export(viewer_cl
                      "rig": "", "outcome": "ok", "address": "", "channel": "api", "source": "event",
                      "id": str(e1.pk), "detail": ""}
     launch = rows[1]
-    assert (launch["user"], launch["rig"], launch["outcome"], launch["target"], launch["channel"]) == (
-        "olga", "rig-01", "failed", "qwen", "")
+    assert (launch["user"], launch["rig"], launch["outcome"], launch["target"], launch["channel"],
+            launch["address"]) == ("olga", "rig-01", "failed", "qwen", "api", ADDRESS)
     assert timezone.datetime.fromisoformat(launch["time"]) == log["o1"].created
 
 
