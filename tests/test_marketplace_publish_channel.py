@@ -10,7 +10,7 @@ import os
 import pytest
 
 from hosting.models import Build, Deployment
-from marketplace.models import Listing, Router
+from marketplace.models import Listing
 from models_catalog.models import RigFile
 from nodes.models import Operation
 from tests import llama
@@ -19,7 +19,7 @@ from tests.harness import stop_llama_servers_under, wait_until
 from tests.helpers import free_port, make_node, page
 from tests.routerkit import COOKIE, MOR, WALLET, assert_no_secret, request, seen_by_the_panel
 from tests.test_integration_serving import BrokerWatch
-from tests.test_router_channel import _router_binary, _stop_router
+from tests.test_router_channel import _router_binary, _snapshot as _router, _stop_router
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +60,6 @@ def _finished(timeout=90):
     op = Operation.objects.filter(kind=Operation.ROUTER_APPLY).order_by("-pk").first()
     wait_until(lambda: Operation.objects.get(pk=op.pk).is_terminal, timeout=timeout, message="router_apply to end")
     return Operation.objects.get(pk=op.pk)
-
-
-def _router(check, message, timeout=45):
-    def ready():
-        router = Router.objects.filter(node__name="alpha").first()
-        return router if router is not None and check(router.snapshot, router) else None
-    return wait_until(ready, timeout=timeout, message=message)
 
 
 def _models_config(router_dir):

@@ -61,7 +61,7 @@ def _finished(op, timeout=60):
     return Operation.objects.get(pk=op.pk)
 
 
-def _snapshot(check, message, timeout=30):
+def _snapshot(check, message, timeout=45):
     def ready():
         router = Router.objects.filter(node__name="alpha").first()
         return router if router is not None and check(router.snapshot, router) else None
