@@ -82,9 +82,9 @@ def test_the_answer_streams_into_the_page_token_by_token(page, live_server, slow
 
     lengths = page.evaluate("window.__lengths")
     while_running = sorted({length for length, status in lengths if status != "succeeded" and length > 0})
-    # Several growing pieces arrived before the answer was complete, each shorter than the whole answer.
-    assert len(while_running) >= 3, lengths
-    assert while_running[-1] < len(chat.result["text"]), lengths
+    # Several growing pieces arrived before the answer was complete (the last running report may already carry the
+    # whole text when the server ends before the agent's final report goes out: a busy machine does that).
+    assert len([length for length in while_running if length < len(chat.result["text"])]) >= 3, lengths
     growth = [length for length, _ in lengths]
     assert growth == sorted(growth), "the answer shrank while streaming"
     assert chat.result["timings"]["predicted_n"] > 100
