@@ -149,3 +149,28 @@ def tiny_server_form(name, rig_file, build, port, **changes):
     return {"name": name, "model_file": rig_file.pk, "build": build.pk, "host": "127.0.0.1", "port": port,
             "ctx_size": 256, "n_gpu_layers": 0, "parallel": 1, "flash_attn": "off", "cache_type_k": "f16",
             "cache_type_v": "f16", "extra_flags_text": "--no-webui", **changes}
+
+
+def host_tiny_model(client, node, binary, folder, **form):
+    """A real llama-server of the tiny test model on rig `node`, set up the way a provider does it in the panel (the
+    binary adopted as a build, the model file on the rig, a deployment of it saved and launched), once it is healthy:
+    (deployment, port). `client` is an operator's; `form` changes the host form's fields."""
+    from hosting.models import Build, Deployment
+    from models_catalog.models import RigFile
+    from tests.gguf_model import write_tiny_llama
+    from tests.harness import wait_until
+    from tests.helpers import free_port
+
+    client.post(f"/rigs/{node.name}/builds/adopt/", {"adopt-path": str(binary)})
+    build = Build.objects.get(node=node)
+    wait_until(lambda: Build.objects.get(pk=build.pk).status == Build.READY, timeout=60, message="build adopted")
+    model = write_tiny_llama(Path(folder) / "tiny-llama-F32.gguf")
+    rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
+    port = free_port()
+    response = client.post(f"/rigs/{node.name}/deployments/new/", tiny_server_form("tiny", rig_file, build, port,
+                                                                                    **form))
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    deployment = Deployment.objects.get(node=node, name="tiny")
+    wait_until(lambda: Deployment.objects.get(pk=deployment.pk).actual_state == "healthy", timeout=60,
+               message="llama-server healthy")
+    return deployment, port

@@ -27,6 +27,28 @@ def mid(n):
     return "0x" + f"{n:064x}"
 
 
+# The chain a stand-in starts from (ROUTERSTUB_CHAIN), in the contracts' own shapes: capitalised keys, amounts as the
+# router prints them.
+def chain_provider(address=WALLET, endpoint="rig.example.com:3333", stake=2 * MOR // 10):
+    return {"Address": address, "Endpoint": endpoint, "Stake": str(stake), "CreatedAt": "1", "IsDeleted": False}
+
+
+def chain_model(model_id, name, owner=WALLET, stake=MOR // 10):
+    return {"Id": model_id, "IpfsCID": "0x" + "0" * 64, "Fee": 0, "Stake": stake, "Owner": owner, "Name": name,
+            "Tags": ["chat"], "CreatedAt": 1, "IsDeleted": False, "ModelType": "LLM"}
+
+
+def chain_bid(bid_id, model_id, price, provider=WALLET, deleted_at="0"):
+    return {"Id": bid_id, "Provider": provider, "ModelAgentId": model_id, "PricePerSecond": str(price), "Nonce": "1",
+            "CreatedAt": "1", "DeletedAt": deleted_at}
+
+
+def chain_open_session(session_id, model_id, bid_id, price, user="0x" + "77" * 20, provider=WALLET):
+    return {"Id": session_id, "User": user, "Provider": provider, "ModelAgentId": model_id, "BidID": bid_id,
+            "Stake": str(MOR), "PricePerSecond": str(price), "ProviderWithdrawnAmount": "0", "OpenedAt": "1",
+            "EndsAt": "99999999999", "ClosedAt": "0"}
+
+
 def write_rig_folder(folder, web_port, proxy_port, models=(), extra_env=None, seed=None, cookie=COOKIE):
     """.env (managed-looking keys plus the stub's hooks), models-config.json and an optional chain seed."""
     folder = Path(folder)

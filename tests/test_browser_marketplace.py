@@ -20,7 +20,8 @@ from tests import llama
 from tests.gguf_model import write_tiny_llama
 from tests.harness import stop_llama_servers_under, wait_until
 from tests.helpers import free_port, make_node
-from tests.routerkit import COOKIE, MOR, WALLET, assert_no_secret, seen_by_the_panel
+from tests.routerkit import (COOKIE, MOR, WALLET, assert_no_secret, chain_bid, chain_model, chain_open_session,
+                             chain_provider, seen_by_the_panel)
 from tests.test_browser import WAIT_MS, log_in
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import _router_binary, _stop_router
@@ -39,20 +40,14 @@ OLD_BID = "0x" + "b0" * 32
 def _seed():
     """The provider is registered with their model and no bid yet; another provider bids on the same model at 2 and
     5 × the floor; a consumer still has a session open on the provider's old (deleted) bid."""
-    def bid(n, provider, price, deleted="0"):
-        return {"Id": n, "Provider": provider, "ModelAgentId": MODEL, "PricePerSecond": str(price), "Nonce": "1",
-                "CreatedAt": "1", "DeletedAt": deleted}
     return {
         "balance": {"mor": str(3 * MOR), "eth": str(10**16)},
-        "providers": [{"Address": WALLET, "Endpoint": "rig.example.com:3333", "Stake": str(2 * MOR // 10),
-                       "CreatedAt": "1", "IsDeleted": False}],
-        "models": [{"Id": MODEL, "IpfsCID": "0x" + "0" * 64, "Fee": 0, "Stake": MOR // 10, "Owner": WALLET,
-                    "Name": "tiny-llama", "Tags": ["chat"], "CreatedAt": 1, "IsDeleted": False, "ModelType": "LLM"}],
-        "bids": [bid(OLD_BID, WALLET, 10**10, deleted="5"), bid("0x" + "c1" * 32, OTHER, 2 * 10**10),
-                 bid("0x" + "c2" * 32, OTHER, 5 * 10**10)],
-        "sessions": [{"Id": SESSION, "User": "0x" + "77" * 20, "Provider": WALLET, "ModelAgentId": MODEL,
-                      "BidID": OLD_BID, "Stake": str(MOR), "PricePerSecond": str(10**10),
-                      "ProviderWithdrawnAmount": "0", "OpenedAt": "1", "EndsAt": "99999999999", "ClosedAt": "0"}],
+        "providers": [chain_provider()],
+        "models": [chain_model(MODEL, "tiny-llama")],
+        "bids": [chain_bid(OLD_BID, MODEL, 10**10, deleted_at="5"),
+                 chain_bid("0x" + "c1" * 32, MODEL, 2 * 10**10, provider=OTHER),
+                 chain_bid("0x" + "c2" * 32, MODEL, 5 * 10**10, provider=OTHER)],
+        "sessions": [chain_open_session(SESSION, MODEL, OLD_BID, 10**10)],
     }
 
 

@@ -10,13 +10,11 @@ import urllib.request
 import pytest
 import redis
 
-from hosting.models import Build, Deployment
-from models_catalog.models import RigFile
+from hosting.models import Deployment
 from nodes.models import Operation
 from tests import llama
-from tests.gguf_model import write_tiny_llama
 from tests.harness import stop_llama_servers_under, wait_until
-from tests.helpers import free_port, make_node, page
+from tests.helpers import make_node, page
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +32,8 @@ def served(rigs, operator_client, llama_server_binary, tmp_path):
     """Rig alpha serving the tiny model behind an API key: (deployment, port, agent process)."""
     node, token = make_node("alpha")
     agent = rigs.start("alpha", token)
-    operator_client.post("/rigs/alpha/builds/adopt/", {"adopt-path": str(llama_server_binary)})
-    build = Build.objects.get(node=node)
-    wait_until(lambda: Build.objects.get(pk=build.pk).status == Build.READY, timeout=60, message="build adopted")
-    model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
-    rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
-    port = free_port()
-    response = operator_client.post("/rigs/alpha/deployments/new/", llama.tiny_server_form(
-        "tiny", rig_file, build, port, ctx_size=512, parallel=2, api_key=KEY))
-    assert response.status_code == 302, response.content.decode()[-2000:]
-    deployment = Deployment.objects.get(node=node, name="tiny")
-    wait_until(lambda: fresh(deployment).actual_state == "healthy", timeout=60, message="healthy")
+    deployment, port = llama.host_tiny_model(operator_client, node, llama_server_binary, tmp_path, ctx_size=512,
+                                             parallel=2, api_key=KEY)
     yield deployment, port, agent
     rigs.stop_all()
     stop_llama_servers_under(tmp_path)

@@ -9,15 +9,13 @@ import os
 
 import pytest
 
-from hosting.models import Build, Deployment
 from marketplace.models import Listing
-from models_catalog.models import RigFile
 from nodes.models import Operation
 from tests import llama
-from tests.gguf_model import write_tiny_llama
 from tests.harness import stop_llama_servers_under, wait_until
 from tests.helpers import free_port, make_node, page
-from tests.routerkit import COOKIE, MOR, WALLET, assert_no_secret, request, seen_by_the_panel
+from tests.routerkit import (COOKIE, MOR, WALLET, assert_no_secret, chain_bid, chain_model, chain_open_session,
+                             chain_provider, request, seen_by_the_panel)
 from tests.test_integration_serving import BrokerWatch
 from tests.test_router_channel import _router_binary, _snapshot as _router, _stop_router
 
@@ -34,15 +32,10 @@ def _seed():
     """The provider's chain: registered, their model, an active bid on it and one open session."""
     return {
         "balance": {"mor": str(3 * MOR), "eth": str(10**16)},
-        "providers": [{"Address": WALLET, "Endpoint": "rig.example.com:3333", "Stake": str(2 * MOR // 10),
-                       "CreatedAt": "1", "IsDeleted": False}],
-        "models": [{"Id": MODEL, "IpfsCID": "0x" + "0" * 64, "Fee": 0, "Stake": MOR // 10, "Owner": WALLET,
-                    "Name": "tiny-llama", "Tags": ["chat"], "CreatedAt": 1, "IsDeleted": False, "ModelType": "LLM"}],
-        "bids": [{"Id": BID, "Provider": WALLET, "ModelAgentId": MODEL, "PricePerSecond": "10000000000",
-                  "Nonce": "1", "CreatedAt": "1", "DeletedAt": "0"}],
-        "sessions": [{"Id": SESSION, "User": "0x" + "77" * 20, "Provider": WALLET, "ModelAgentId": MODEL,
-                      "BidID": BID, "Stake": str(MOR), "PricePerSecond": "10000000000",
-                      "ProviderWithdrawnAmount": "0", "OpenedAt": "1", "EndsAt": "99999999999", "ClosedAt": "0"}],
+        "providers": [chain_provider()],
+        "models": [chain_model(MODEL, "tiny-llama")],
+        "bids": [chain_bid(BID, MODEL, 10_000_000_000)],
+        "sessions": [chain_open_session(SESSION, MODEL, BID, 10_000_000_000)],
     }
 
 
@@ -82,18 +75,8 @@ def test_a_published_deployment_is_served_through_the_router_and_its_key_stays_o
     pages = []
     try:
         # A real llama-server behind an API key.
-        operator_client.post("/rigs/alpha/builds/adopt/", {"adopt-path": str(llama_server_binary)})
-        build = Build.objects.get(node=node)
-        wait_until(lambda: Build.objects.get(pk=build.pk).status == Build.READY, timeout=60, message="build adopted")
-        model = write_tiny_llama(tmp_path / "tiny-llama-F32.gguf")
-        rig_file = RigFile.objects.create(node=node, path=str(model), size=model.stat().st_size)
-        port = free_port()
-        response = operator_client.post("/rigs/alpha/deployments/new/", llama.tiny_server_form(
-            "tiny", rig_file, build, port, ctx_size=512, parallel=2, api_key=KEY))
-        assert response.status_code == 302, page(response)[-2000:]
-        deployment = Deployment.objects.get(node=node, name="tiny")
-        wait_until(lambda: Deployment.objects.get(pk=deployment.pk).actual_state == "healthy", timeout=60,
-                   message="llama-server healthy")
+        deployment, port = llama.host_tiny_model(operator_client, node, llama_server_binary, tmp_path, ctx_size=512,
+                                                 parallel=2, api_key=KEY)
 
         # The router, started from the Marketplace page: it reports the provider's model and its open session.
         proxy_port, web_port = free_port(), free_port()

@@ -49,9 +49,9 @@ def read_claims(client, sessions, cursor, max_claims=MAX_CLAIMS):
 
 
 def sessions_fields(client_factory, base, state):
-    """The report's `sessions`, `claimable_wei` and `started_at` for the router whose RouterProcess.report() is
-    `base`. `client_factory()` gives the admin client; `state` is a dict kept between reports (it keeps the claims
-    cursor).
+    """The report's `sessions`, `claimable_wei` and `started_at` (and `open_sessions` when the sessions were read)
+    for the router whose RouterProcess.report() is `base`. `client_factory()` gives the admin client; `state` is a
+    dict kept between reports (it keeps the claims cursor).
     Sessions are read only while the router answers; a failure leaves them empty, and the rest of the report (with
     its own `error`) goes on as it is."""
     out = {"sessions": [], "claimable_wei": None, "started_at": base.get("started_at")}
@@ -68,4 +68,5 @@ def sessions_fields(client_factory, base, state):
     known = [int(s["claimable_wei"]) for s in sessions if s["claimable_wei"] is not None]
     out["sessions"] = sessions
     out["claimable_wei"] = str(sum(known)) if known else None
+    out["open_sessions"] = sum(1 for r in records if r["open"])  # all the router listed, not only the 64 sent
     return out

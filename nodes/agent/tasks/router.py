@@ -236,7 +236,8 @@ def router_state(folder, base, config, holder, now):
         out["bids"] = [{"id": b["id"], "model_id": b["model_id"], "price_per_second": str(b["price_per_second"])}
                        for b in client.provider_bids(wallet)][:64]
         out["market"] = market(client, wallet, out["config_models"], out["bids"], out["models"])
-        out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
+        if out["open_sessions"] is None:  # the sessions read above failed: read them here, where a failure shows
+            out["open_sessions"] = sum(1 for s in client.provider_sessions(wallet, order="desc") if s["open"])
     except RouterError as exc:
         out["error"] = {"kind": exc.kind, "reason": mask(str(exc.reason), hidden)[:500]}
     except InvalidValue as exc:
